@@ -1,0 +1,74 @@
+"""A fully local, offline memory engine for LLM applications.
+
+``import engine`` is light: DuckDB, hnswlib, torch and the language model load
+only when a ``Memory`` is opened or a model is first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import (
+    ChecksumMismatchError,
+    EmbedderMismatchError,
+    EngineError,
+    ExtractionError,
+    FactNotFoundError,
+    ImportFormatError,
+    InvalidInputError,
+    ModelError,
+    ModelNotInstalledError,
+    SchemaVersionError,
+    ScopeRequiredError,
+    StoreError,
+    StoreLockedError,
+    VectorIndexError,
+)
+from engine.types import AddResult, Event, Fact, Message, SearchHit
+
+if TYPE_CHECKING:
+    from engine.embed import HashingEmbedder, SentenceTransformerEmbedder
+    from engine.memory import Memory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddResult",
+    "ChecksumMismatchError",
+    "EmbedderMismatchError",
+    "EngineError",
+    "Event",
+    "ExtractionError",
+    "Fact",
+    "FactNotFoundError",
+    "HashingEmbedder",
+    "ImportFormatError",
+    "InvalidInputError",
+    "Memory",
+    "Message",
+    "ModelError",
+    "ModelNotInstalledError",
+    "SchemaVersionError",
+    "ScopeRequiredError",
+    "SearchHit",
+    "SentenceTransformerEmbedder",
+    "StoreError",
+    "StoreLockedError",
+    "VectorIndexError",
+    "__version__",
+]
+
+_LAZY = {
+    "Memory": "engine.memory",
+    "HashingEmbedder": "engine.embed",
+    "SentenceTransformerEmbedder": "engine.embed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)

@@ -1,0 +1,52 @@
+"""Where things live by default, and the knobs read from the environment.
+
+* ``MEMENGINE_DB``: the DuckDB file (default ``$MEMENGINE_HOME/memory.duckdb``).
+* ``MEMENGINE_HOME``: the data folder (default ``$XDG_DATA_HOME/memengine``,
+  i.e. ``~/.local/share/memengine``).
+* ``MEMENGINE_EMBEDDER``: a model name from the manifest, a folder, or ``hashing``.
+* ``MEMENGINE_DEVICE``: ``auto`` (default), ``cpu``, ``cuda``...
+
+The vector index of a store lives beside it, in ``<db file>.index/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["MAX_TEXT_CHARS", "default_db_path", "default_device", "default_embedder",
+           "index_dir_for"]
+
+MAX_TEXT_CHARS = 100_000
+"""Longest text accepted for one message or fact; longer input is an error, not a cut."""
+
+
+def data_home() -> Path:
+    """The folder that holds the default store."""
+    explicit = os.environ.get("MEMENGINE_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "memengine"
+
+
+def default_db_path() -> Path:
+    """The DuckDB file used when none is given."""
+    explicit = os.environ.get("MEMENGINE_DB")
+    return Path(explicit).expanduser() if explicit else data_home() / "memory.duckdb"
+
+
+def index_dir_for(db_path: str | Path) -> Path | None:
+    """Where a store's vector index lives (None for an in-memory store)."""
+    if str(db_path) == ":memory:":
+        return None
+    return Path(str(db_path) + ".index")
+
+
+def default_embedder() -> str | None:
+    """The embedder named in the environment, or None for the manifest default."""
+    return os.environ.get("MEMENGINE_EMBEDDER") or None
+
+
+def default_device() -> str:
+    return os.environ.get("MEMENGINE_DEVICE", "auto")

@@ -1,0 +1,311 @@
+"""hnswlib ANN indexes over each user's *current* facts: a rebuildable cache.
+
+One small index per user, so a user's search costs the same whether the store
+holds ten other users or ten thousand. Labels are fact ids; vectors are the
+unit-norm embeddings, compared by inner product (= cosine similarity).
+
+Each index is saved as ``<dir>/<key>.hnsw`` with a JSON sidecar recording the
+store *generation* it reflects and a blake2b digest of the file. On load, a
+generation that differs from the store's (a crash between commit and save) or a
+digest that does not match (a damaged file) means the index is rebuilt from
+DuckDB; a damaged file also raises an :class:`IndexRebuiltWarning`. Nothing is
+pickled. Loaded indexes are kept in an LRU; evicted dirty ones are saved first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import VectorIndexError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["HnswParams", "IndexRebuiltWarning", "VectorIndex"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class IndexRebuiltWarning(UserWarning):
+    """A saved index was damaged or unreadable and has been rebuilt from the store."""
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """hnswlib settings; the defaults come from the ef/M sweep in ``benchmarks/``."""
+
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+    initial_capacity: int = 256
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def user_key(user_id: str) -> str:
+    """A file-name-safe, fixed-length key for a user id."""
+    return hashlib.sha1(user_id.encode("utf-8")).hexdigest()[:20]
+
+
+class _UserIndex:
+    """One user's hnswlib index plus the bookkeeping hnswlib does not do."""
+
+    def __init__(self, dim: int, params: HnswParams, capacity: int) -> None:
+        import hnswlib
+
+        self.dim = dim
+        self.params = params
+        self.index = hnswlib.Index(space="ip", dim=dim)
+        self.index.init_index(
+            max_elements=max(capacity, params.initial_capacity),
+            ef_construction=params.ef_construction,
+            M=params.m,
+            allow_replace_deleted=True,
+        )
+        self.index.set_ef(params.ef_search)
+        self.live: set[int] = set()
+        self.deleted: set[int] = set()
+        self.generation = 0
+        self.dirty = False
+
+    def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        needed = len(self.live) + len(self.deleted) + len(ids)
+        capacity = self.index.get_max_elements()
+        if needed > capacity:
+            self.index.resize_index(max(needed, capacity * 2))
+        reuse = [i for i in ids if i in self.deleted]
+        for fact_id in reuse:
+            self.index.unmark_deleted(fact_id)
+            self.deleted.discard(fact_id)
+        self.index.add_items(vectors, list(ids), replace_deleted=False)
+        self.live.update(ids)
+        self.dirty = True
+
+    def remove(self, ids: Sequence[int]) -> None:
+        for fact_id in ids:
+            if fact_id in self.live:
+                self.index.mark_deleted(fact_id)
+                self.live.discard(fact_id)
+                self.deleted.add(fact_id)
+                self.dirty = True
+
+    def search(self, vector: np.ndarray, k: int, ef: int | None) -> tuple[list[int], list[float]]:
+        count = len(self.live)
+        if count == 0 or k <= 0:
+            return [], []
+        k = min(k, count)
+        self.index.set_ef(max(ef or self.params.ef_search, k))
+        try:
+            labels, distances = self.index.knn_query(vector, k=k)
+        except RuntimeError:
+            # hnswlib can fail to gather k results on tiny, heavily-deleted graphs.
+            self.index.set_ef(max(count, 2 * k))
+            labels, distances = self.index.knn_query(vector, k=k)
+        return [int(x) for x in labels[0]], [1.0 - float(d) for d in distances[0]]
+
+
+class VectorIndex:
+    """Per-user hnswlib indexes kept consistent with the store.
+
+    ``load_vectors(user_id)`` returns that user's current ``(ids, matrix)`` and
+    ``store_generation(user_id)`` the store's generation for the user: both are
+    callbacks into the store so the index never needs SQL of its own.
+    ``directory=None`` keeps indexes in memory only (for ``:memory:`` stores).
+    """
+
+    def __init__(
+        self,
+        directory: Path | None,
+        dim: int,
+        *,
+        load_vectors: Callable[[str], tuple[list[int], np.ndarray]],
+        store_generation: Callable[[str], int],
+        params: HnswParams | None = None,
+        max_loaded: int = 512,
+    ) -> None:
+        self.directory = directory
+        self.dim = dim
+        self.params = params or HnswParams()
+        self._load_vectors = load_vectors
+        self._store_generation = store_generation
+        self._loaded: OrderedDict[str, _UserIndex] = OrderedDict()
+        self._max_loaded = max_loaded
+        self._lock = threading.RLock()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # ---- paths -----------------------------------------------------------------------
+
+    def _paths(self, user_id: str) -> tuple[Path, Path]:
+        assert self.directory is not None
+        key = user_key(user_id)
+        return self.directory / f"{key}.hnsw", self.directory / f"{key}.json"
+
+    # ---- loading ---------------------------------------------------------------------
+
+    def _get(self, user_id: str) -> _UserIndex:
+        with self._lock:
+            index = self._loaded.get(user_id)
+            if index is not None:
+                self._loaded.move_to_end(user_id)
+                return index
+            index = self._load_or_build(user_id)
+            self._loaded[user_id] = index
+            while len(self._loaded) > self._max_loaded:
+                evicted_user, evicted = self._loaded.popitem(last=False)
+                if evicted.dirty:
+                    self._save_one(evicted_user, evicted)
+            return index
+
+    def _load_or_build(self, user_id: str) -> _UserIndex:
+        generation = self._store_generation(user_id)
+        if self.directory is not None:
+            loaded = self._try_load(user_id, generation)
+            if loaded is not None:
+                return loaded
+        return self._build(user_id, generation)
+
+    def _try_load(self, user_id: str, generation: int) -> _UserIndex | None:
+        data_path, meta_path = self._paths(user_id)
+        if not meta_path.exists() and not data_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != FORMAT_VERSION or meta.get("dim") != self.dim:
+                log.info("index for %s has an old format; rebuilding", user_id)
+                return None
+            if int(meta["generation"]) != generation:
+                log.info("index for %s is stale (%s != %s); rebuilding",
+                         user_id, meta["generation"], generation)
+                return None
+            if _file_digest(data_path) != meta["digest"]:
+                raise ValueError("digest mismatch")
+            index = _UserIndex(self.dim, self.params, int(meta["capacity"]))
+            index.index.load_index(str(data_path), max_elements=int(meta["capacity"]))
+            index.index.set_ef(self.params.ef_search)
+            index.live = set(meta["live"])
+            index.deleted = set(meta["deleted"])
+            index.generation = generation
+            return index
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            message = (
+                f"vector index for user {user_id!r} at {data_path} is damaged ({exc}); "
+                "rebuilding it from the store"
+            )
+            log.warning(message)
+            warnings.warn(message, IndexRebuiltWarning, stacklevel=4)
+            return None
+
+    def _build(self, user_id: str, generation: int) -> _UserIndex:
+        ids, vectors = self._load_vectors(user_id)
+        index = _UserIndex(self.dim, self.params, len(ids) + 16)
+        index.add(ids, vectors)
+        index.generation = generation
+        index.dirty = bool(ids) or self.directory is not None
+        return index
+
+    # ---- updates ---------------------------------------------------------------------
+
+    def apply(
+        self,
+        user_id: str,
+        generation: int,
+        *,
+        add_ids: Sequence[int] = (),
+        add_vectors: np.ndarray | None = None,
+        remove_ids: Sequence[int] = (),
+    ) -> None:
+        """Apply one committed store change to a user's index."""
+        with self._lock:
+            index = self._loaded.get(user_id)
+            if index is None:
+                # Not in memory: the next search loads it and sees the new generation.
+                return
+            if index.generation + 1 != generation:
+                # Missed an update somewhere: trust the store, not the cache.
+                self._loaded.pop(user_id, None)
+                return
+            try:
+                index.remove(remove_ids)
+                if add_ids:
+                    assert add_vectors is not None
+                    index.add(add_ids, add_vectors)
+            except RuntimeError as exc:
+                self._loaded.pop(user_id, None)
+                raise VectorIndexError(f"cannot update the index of {user_id!r}: {exc}") from exc
+            index.generation = generation
+
+    def search(
+        self, user_id: str, vector: np.ndarray, k: int, *, ef: int | None = None
+    ) -> tuple[list[int], list[float]]:
+        """Top-k current fact ids of one user by cosine similarity, best first."""
+        with self._lock:
+            return self._get(user_id).search(vector, k, ef)
+
+    def size(self, user_id: str) -> int:
+        with self._lock:
+            return len(self._get(user_id).live)
+
+    def forget(self, user_id: str) -> None:
+        """Drop a user's index from memory and disk (after a purge)."""
+        with self._lock:
+            self._loaded.pop(user_id, None)
+            if self.directory is not None:
+                for path in self._paths(user_id):
+                    path.unlink(missing_ok=True)
+
+    def invalidate(self, user_id: str) -> None:
+        """Drop a user's loaded index so the next search rebuilds or reloads it."""
+        with self._lock:
+            self._loaded.pop(user_id, None)
+
+    # ---- persistence -----------------------------------------------------------------
+
+    def _save_one(self, user_id: str, index: _UserIndex) -> None:
+        if self.directory is None:
+            index.dirty = False
+            return
+        data_path, meta_path = self._paths(user_id)
+        tmp_data = data_path.with_suffix(".hnsw.tmp")
+        index.index.save_index(str(tmp_data))
+        meta: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "user_id": user_id,
+            "dim": self.dim,
+            "generation": index.generation,
+            "capacity": index.index.get_max_elements(),
+            "live": sorted(index.live),
+            "deleted": sorted(index.deleted),
+            "digest": _file_digest(tmp_data),
+        }
+        tmp_meta = meta_path.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        tmp_data.replace(data_path)
+        tmp_meta.replace(meta_path)
+        index.dirty = False
+
+    def save(self) -> None:
+        """Write every changed index to disk."""
+        with self._lock:
+            for user_id, index in self._loaded.items():
+                if index.dirty:
+                    self._save_one(user_id, index)

@@ -1,0 +1,515 @@
+"""The ``Memory`` facade: the one object applications use, and the only orchestrator.
+
+It validates input, then drives the store (DuckDB, the source of truth), the
+embedder and the vector index (a cache of current facts) so that they stay in
+step. Every change is written to DuckDB in one transaction together with its
+audit events and a bump of the user's index generation; the index is updated
+after the commit.
+
+Typical use::
+
+    from engine import Memory
+
+    with Memory("data/memory.duckdb") as memory:
+        memory.add("I love coffee in the morning", user_id="maria", infer=False)
+        for hit in memory.search("what does Maria drink?", user_id="maria"):
+            print(hit.score, hit.text)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from engine import config
+from engine.embed import Embedder, load_embedder
+from engine.errors import InvalidInputError
+from engine.filters import compile_filters, validate_filters
+from engine.index import HnswParams, VectorIndex
+from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
+from engine.search import Searcher, SearchRequest, valid_at_sql
+from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
+from engine.timeutil import TimeLike, now_utc, to_storage
+from engine.types import AddResult, Event, Fact, SearchHit
+from engine.validate import (
+    check_fact_id,
+    check_k,
+    check_metadata,
+    check_scope,
+    check_text,
+    normalise_messages,
+)
+
+__all__ = ["Memory"]
+
+log = logging.getLogger(__name__)
+
+
+class Memory:
+    """A memory store for LLM applications: facts per user, searchable, versioned.
+
+    ``path`` is a DuckDB file (created if missing; default from
+    :func:`engine.config.default_db_path`) or ``":memory:"``. ``embedder`` is a
+    model name from the manifest, a sentence-transformers folder, ``"hashing"``
+    or an :class:`~engine.embed.Embedder` instance (default: the bundled MiniLM).
+    ``actor`` is recorded on every event this object writes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        embedder: str | Embedder | None = None,
+        device: str | None = None,
+        index_params: HnswParams | None = None,
+        read_only: bool = False,
+        actor: str = "api",
+    ) -> None:
+        self.path = str(path) if path is not None else str(config.default_db_path())
+        self.embedder = load_embedder(
+            embedder if embedder is not None else config.default_embedder(),
+            device=device or config.default_device(),
+        )
+        self.actor = actor
+        self.read_only = read_only
+        self.store = Store(
+            self.path,
+            embedder_identity=self.embedder.identity,
+            dim=self.embedder.dim,
+            read_only=read_only,
+        )
+        self.index = VectorIndex(
+            None if read_only else config.index_dir_for(self.path),
+            self.embedder.dim,
+            load_vectors=self.store.current_vectors,
+            store_generation=self.store.generation,
+            params=index_params,
+        )
+        self.searcher = Searcher(self.store, self.index)
+        self._closed = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Save the vector index and close the database. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.read_only:
+                self.index.save()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def flush(self) -> None:
+        """Persist the vector index now (it is also saved on close)."""
+        self.index.save()
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def add(
+        self,
+        text_or_messages: str | Mapping[str, Any] | list[Any],
+        *,
+        user_id: str,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        observed_at: TimeLike | None = None,
+        infer: bool = False,
+        category: str | None = None,
+    ) -> AddResult:
+        """Remember messages for a user.
+
+        ``text_or_messages`` is a string, a message dict (``role``, ``content``,
+        optional ``observed_at``, ``metadata``, ``name``) or a list of them.
+        With ``infer=False`` each message is stored and becomes one fact, valid
+        from its ``observed_at`` (default now); an exact duplicate of a current
+        fact in the same scope adds provenance (a DUPLICATE event) instead of a
+        second copy. LM extraction (``infer=True``) arrives with the extraction
+        module; until then it raises InvalidInputError.
+        """
+        user, agent, run = check_scope(user_id, agent_id, run_id)
+        when = now_utc() if observed_at is None else to_storage(observed_at, name="observed_at")
+        messages = normalise_messages(
+            text_or_messages, observed_at=when, metadata=check_metadata(metadata)
+        )
+        if infer:
+            raise InvalidInputError(
+                "infer=True needs LM extraction, which this build does not include yet; "
+                "pass infer=False to store each message as a fact"
+            )
+        vectors = self.embedder.embed([m.content for m in messages])
+        recorded = now_utc()
+        hashes = [content_hash(m.content) for m in messages]
+        with self.store.transaction():
+            message_ids = self.store.insert_messages(
+                [(user, agent, run, m.role, m.content, m.metadata, m.observed_at)
+                 for m in messages],
+                status="processed",
+                mode="raw",
+            )
+            existing = self.store.current_by_hash(user, agent, run, hashes)
+            new_facts: list[NewFact] = []
+            new_rows: list[int] = []
+            duplicates: list[tuple[int, int, str]] = []  # (message id, fact id, text)
+            pending: dict[str, int] = {}
+            for row, (message, message_id, digest) in enumerate(
+                zip(messages, message_ids, hashes, strict=True)
+            ):
+                if digest in existing:
+                    duplicates.append((message_id, existing[digest], message.content))
+                    continue
+                if digest in pending:
+                    duplicates.append((message_id, -pending[digest] - 1, message.content))
+                    continue
+                pending[digest] = len(new_facts)
+                new_rows.append(row)
+                new_facts.append(
+                    NewFact(
+                        text=message.content,
+                        user_id=user,
+                        agent_id=agent,
+                        run_id=run,
+                        category=category,
+                        metadata=message.metadata,
+                        valid_from=message.observed_at,
+                        source_message_id=message_id,
+                    )
+                )
+            fact_ids = self.store.insert_facts(new_facts, vectors[new_rows], recorded_at=recorded)
+            events = [
+                self._event("ADD", fact_id, fact_id, user, agent, run, None, fact.text,
+                            recorded, "stored as given (infer=False)", fact.source_message_id)
+                for fact_id, fact in zip(fact_ids, new_facts, strict=True)
+            ]
+            for message_id, target, text in duplicates:
+                fact_id = target if target > 0 else fact_ids[-target - 1]
+                self.store.add_source(fact_id, message_id, recorded)
+                events.append(
+                    self._event("DUPLICATE", fact_id, None, user, agent, run, None, text,
+                                recorded, "same text as a current fact", message_id)
+                )
+            generation = self.store.bump_generation([user])[user] if fact_ids else None
+            event_ids = self.store.insert_events(events)
+        if generation is not None:
+            self.index.apply(user, generation, add_ids=fact_ids, add_vectors=vectors[new_rows])
+        return AddResult(
+            message_ids=message_ids,
+            events=self._events_by_id(event_ids),
+        )
+
+    def update(
+        self,
+        fact_id: int,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        valid_from: TimeLike | None = None,
+        reason: str | None = None,
+    ) -> Fact:
+        """Replace a current fact with a new version; the old one is kept as history.
+
+        The old version's ``valid_to`` becomes the new ``valid_from`` (default now)
+        and it is retired (``expired_at``) and linked through ``superseded_by``.
+        """
+        check_fact_id(fact_id)
+        text = check_text(text)
+        old = self.get(fact_id)
+        if not old.is_current:
+            raise InvalidInputError(
+                f"fact {fact_id} is not current (it was "
+                f"{'superseded by ' + str(old.superseded_by) if old.superseded_by else 'deleted'})"
+                "; update the current version instead"
+            )
+        start = now_utc() if valid_from is None else to_storage(valid_from, name="valid_from")
+        old_start = old.valid_from.replace(tzinfo=None)
+        if start < old_start:
+            raise InvalidInputError(
+                f"valid_from {start.isoformat()} is before the current version's "
+                f"{old_start.isoformat()}; a replacement cannot start before what it replaces"
+            )
+        meta = old.metadata if metadata is None else check_metadata(metadata)
+        vector = self.embedder.embed([text])
+        recorded = now_utc()
+        with self.store.transaction():
+            (new_id,) = self.store.insert_facts(
+                [NewFact(text, old.user_id, old.agent_id, old.run_id, old.category, meta,
+                         start, old.source_message_id, lineage_id=old.lineage_id)],
+                vector,
+                recorded_at=recorded,
+            )
+            self.store.retire(fact_id, at=recorded, valid_to=start, superseded_by=new_id)
+            generation = self.store.bump_generation([old.user_id])[old.user_id]
+            self.store.insert_events([
+                self._event("UPDATE", new_id, old.lineage_id, old.user_id, old.agent_id,
+                            old.run_id, old.text, text, recorded, reason, None),
+            ])
+        self.index.apply(old.user_id, generation, add_ids=[new_id], add_vectors=vector,
+                         remove_ids=[fact_id])
+        return self.get(new_id)
+
+    def delete(self, fact_id: int, *, reason: str | None = None) -> Event:
+        """Retire a current fact (it stays in history; ``purge`` erases for real)."""
+        check_fact_id(fact_id)
+        fact = self.get(fact_id)
+        if not fact.is_current:
+            raise InvalidInputError(f"fact {fact_id} is not current; nothing to delete")
+        recorded = now_utc()
+        with self.store.transaction():
+            self.store.retire(fact_id, at=recorded)
+            generation = self.store.bump_generation([fact.user_id])[fact.user_id]
+            (event_id,) = self.store.insert_events([
+                self._event("DELETE", fact_id, fact.lineage_id, fact.user_id, fact.agent_id,
+                            fact.run_id, fact.text, None, recorded, reason, None),
+            ])
+        self.index.apply(fact.user_id, generation, remove_ids=[fact_id])
+        return self._events_by_id([event_id])[0]
+
+    def restore(self, fact_id: int, *, reason: str | None = None) -> Fact:
+        """Bring back a deleted fact as a new current version of its lineage."""
+        check_fact_id(fact_id)
+        fact = self.get(fact_id)
+        if fact.is_current or fact.superseded_by is not None:
+            raise InvalidInputError(
+                f"fact {fact_id} was not deleted (it is current or was superseded)"
+            )
+        current = self.store.query(
+            f"SELECT count(*) FROM facts WHERE lineage_id = ? AND {CURRENT}", [fact.lineage_id]
+        )[0][0]
+        if current:
+            raise InvalidInputError(f"fact {fact_id} already has a current version")
+        _, vector = self.store.embeddings_for([fact_id])
+        recorded = now_utc()
+        with self.store.transaction():
+            (new_id,) = self.store.insert_facts(
+                [NewFact(fact.text, fact.user_id, fact.agent_id, fact.run_id, fact.category,
+                         fact.metadata, fact.valid_from.replace(tzinfo=None),
+                         fact.source_message_id, lineage_id=fact.lineage_id)],
+                vector,
+                recorded_at=recorded,
+            )
+            generation = self.store.bump_generation([fact.user_id])[fact.user_id]
+            self.store.insert_events([
+                self._event("RESTORE", new_id, fact.lineage_id, fact.user_id, fact.agent_id,
+                            fact.run_id, None, fact.text, recorded, reason, None),
+            ])
+        self.index.apply(fact.user_id, generation, add_ids=[new_id], add_vectors=vector)
+        return self.get(new_id)
+
+    def purge(self, user_id: str) -> dict[str, int]:
+        """Erase everything stored about a user: facts, history, messages, index.
+
+        This is real deletion for privacy requests; it cannot be undone.
+        Returns how many rows of each kind were removed.
+        """
+        user, _, _ = check_scope(user_id)
+        counts = self.store.purge_user(user)
+        self.index.forget(user)
+        return counts
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def get(self, fact_id: int) -> Fact:
+        """One fact version by id (current or not)."""
+        return fact_from_row(self.store.get_fact(check_fact_id(fact_id)))
+
+    def get_all(
+        self,
+        user_id: str,
+        *,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        include_history: bool = False,
+        as_of: TimeLike | None = None,
+        limit: int | None = None,
+    ) -> list[Fact]:
+        """A user's facts, oldest first: current ones, all versions, or those valid at a time."""
+        user, agent, run = check_scope(user_id, agent_id, run_id)
+        if include_history and as_of is not None:
+            raise InvalidInputError("pass either include_history or as_of, not both")
+        clauses, params = self._scope_clauses(user, agent, run, filters)
+        if as_of is not None:
+            when = to_storage(as_of, name="as_of")
+            clauses.append(valid_at_sql())
+            params += [when, when]
+        elif not include_history:
+            clauses.append(CURRENT)
+        sql = f"SELECT {FACT_COLUMNS} FROM facts WHERE {' AND '.join(clauses)} ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {check_k(limit) if limit <= 1000 else int(limit)}"
+        return [fact_from_row(row) for row in self.store.query(sql, params)]
+
+    def known_at(
+        self,
+        user_id: str,
+        at: TimeLike,
+        *,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[Fact]:
+        """What the engine believed at time ``at`` (transaction time), oldest first."""
+        user, agent, run = check_scope(user_id, agent_id, run_id)
+        when = to_storage(at, name="at")
+        clauses, params = self._scope_clauses(user, agent, run, filters)
+        clauses.append("recorded_at <= ? AND (expired_at IS NULL OR expired_at > ?)")
+        params += [when, when]
+        rows = self.store.query(
+            f"SELECT {FACT_COLUMNS} FROM facts WHERE {' AND '.join(clauses)} ORDER BY id", params
+        )
+        return [fact_from_row(row) for row in rows]
+
+    def versions(self, fact_id: int) -> list[Fact]:
+        """Every version of the fact's lineage, oldest first."""
+        fact = self.get(fact_id)
+        rows = self.store.query(
+            f"SELECT {FACT_COLUMNS} FROM facts WHERE lineage_id = ? ORDER BY recorded_at, id",
+            [fact.lineage_id],
+        )
+        return [fact_from_row(row) for row in rows]
+
+    def history(self, fact_id: int) -> list[Event]:
+        """The audit events of a fact's whole lineage (all versions), oldest first."""
+        fact = self.get(fact_id)
+        rows = self.store.query(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE lineage_id = ? OR fact_id IN "
+            "(SELECT id FROM facts WHERE lineage_id = ?) ORDER BY occurred_at, id",
+            [fact.lineage_id, fact.lineage_id],
+        )
+        return [event_from_row(row) for row in rows]
+
+    def timeline(
+        self,
+        user_id: str,
+        *,
+        since: TimeLike | None = None,
+        until: TimeLike | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Every event for a user in time order (optionally between two times)."""
+        user, _, _ = check_scope(user_id)
+        clauses: list[str] = ["user_id = ?"]
+        params: list[Any] = [user]
+        if since is not None:
+            clauses.append("occurred_at >= ?")
+            params.append(to_storage(since, name="since"))
+        if until is not None:
+            clauses.append("occurred_at <= ?")
+            params.append(to_storage(until, name="until"))
+        where = " AND ".join(clauses)
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY occurred_at, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [event_from_row(row) for row in self.store.query(sql, params)]
+
+    def search(
+        self,
+        query: str,
+        *,
+        user_id: str,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+        as_of: TimeLike | None = None,
+        explain: bool = False,
+    ) -> list[SearchHit]:
+        """The ``k`` facts of a user most relevant to ``query``, best first.
+
+        ``as_of`` searches the facts that were true at that time instead of the
+        current ones; ``explain=True`` adds each signal's score to every hit.
+        """
+        query = check_text(query, "query")
+        user, agent, run = check_scope(user_id, agent_id, run_id)
+        request = SearchRequest(
+            query=query,
+            user_id=user,
+            agent_id=agent,
+            run_id=run,
+            k=check_k(k),
+            filters=validate_filters(filters) or None,
+            as_of=None if as_of is None else to_storage(as_of, name="as_of"),
+            explain=bool(explain),
+        )
+        vector = self.embedder.embed_query(query)
+        return self.searcher.search(request, vector)
+
+    def export(
+        self, path: str | Path, *, user_id: str | None = None, embeddings: bool = True
+    ) -> dict[str, int]:
+        """Write the store (or one user) to a JSON Lines file, history included."""
+        from engine.exchange import export_jsonl
+
+        if user_id is not None:
+            user_id = check_scope(user_id)[0]
+        return export_jsonl(self, path, user_id=user_id, embeddings=embeddings)
+
+    def import_(
+        self, path: str | Path, *, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        """Load a JSON Lines export (ids are remapped; facts re-embedded if needed)."""
+        from engine.exchange import import_jsonl
+
+        return import_jsonl(self, path, progress=progress)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, identity and paths of this store."""
+        data = self.store.stats()
+        data["index_dir"] = str(config.index_dir_for(self.path))
+        return data
+
+    # ---- internals -------------------------------------------------------------------
+
+    @staticmethod
+    def _scope_clauses(
+        user: str, agent: str | None, run: str | None, filters: Mapping[str, Any] | None
+    ) -> tuple[list[str], list[Any]]:
+        clauses, params = ["user_id = ?"], [user]
+        if agent is not None:
+            clauses.append("agent_id = ?")
+            params.append(agent)
+        if run is not None:
+            clauses.append("run_id = ?")
+            params.append(run)
+        filter_sql, filter_params = compile_filters(filters)
+        clauses.append(filter_sql)
+        return clauses, params + filter_params
+
+    def _event(
+        self,
+        kind: str,
+        fact_id: int | None,
+        lineage_id: int | None,
+        user: str,
+        agent: str | None,
+        run: str | None,
+        old_text: str | None,
+        new_text: str | None,
+        at: datetime,
+        reason: str | None,
+        message_id: int | None,
+    ) -> dict[str, Any]:
+        return {"kind": kind, "fact_id": fact_id, "lineage_id": lineage_id, "user_id": user,
+                "agent_id": agent, "run_id": run, "old_text": old_text, "new_text": new_text,
+                "at": at, "actor": self.actor, "reason": reason, "message_id": message_id}
+
+    def _events_by_id(self, event_ids: list[int]) -> list[Event]:
+        if not event_ids:
+            return []
+        rows = self.store.query(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN (SELECT unnest(?::BIGINT[]))"
+            " ORDER BY id",
+            [event_ids],
+        )
+        return [event_from_row(row) for row in rows]

@@ -1,0 +1,478 @@
+"""DuckDB storage: the source of truth for messages, fact versions and events.
+
+The store knows nothing of embedders beyond their identity and dimension (kept
+in ``meta``) and nothing of the vector index beyond a per-user *generation*
+counter that every change to a user's current facts bumps, in the same
+transaction. The index records the generation it reflects, so a stale index
+is detected and rebuilt instead of trusted.
+
+All SQL lives here. Writes happen inside :meth:`Store.transaction`; reads may
+happen anywhere. A single connection is guarded by a re-entrant lock so one
+``Memory`` can be shared by threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import (
+    EmbedderMismatchError,
+    FactNotFoundError,
+    SchemaVersionError,
+    StoreError,
+    StoreLockedError,
+)
+from engine.schema import SCHEMA_VERSION, migrations
+from engine.timeutil import now_utc, to_aware
+
+if TYPE_CHECKING:
+    import duckdb
+    import numpy as np
+
+__all__ = ["FACT_COLUMNS", "NewFact", "Store", "content_hash"]
+
+FACT_COLUMNS = (
+    "id, text, user_id, agent_id, run_id, category, metadata, valid_from, valid_to, "
+    "recorded_at, expired_at, superseded_by, lineage_id, source_message_id"
+)
+CURRENT = "valid_to IS NULL AND expired_at IS NULL"
+
+
+def content_hash(text: str) -> str:
+    """A stable hash of a fact's normalised text, used to spot exact duplicates."""
+    normalised = " ".join(text.casefold().split())
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class NewFact:
+    """A fact about to be inserted (ids are assigned by the store)."""
+
+    text: str
+    user_id: str
+    agent_id: str | None
+    run_id: str | None
+    category: str | None
+    metadata: dict[str, Any]
+    valid_from: datetime
+    source_message_id: int | None
+    lineage_id: int | None = None
+
+
+def _dumps(metadata: dict[str, Any] | None) -> str:
+    return json.dumps(metadata or {}, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _loads(raw: str | None) -> dict[str, Any]:
+    return json.loads(raw) if raw else {}
+
+
+class Store:
+    """A DuckDB database file (or ``:memory:``) holding one memory store."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        embedder_identity: str,
+        dim: int,
+        read_only: bool = False,
+    ) -> None:
+        import duckdb
+
+        self.path = str(path)
+        self.dim = dim
+        self._lock = threading.RLock()
+        if self.path != ":memory:":
+            if read_only and not Path(self.path).exists():
+                raise StoreError(
+                    f"no store at {self.path} yet: add something first (memengine add ...), "
+                    "or pass the right --db"
+                )
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con: duckdb.DuckDBPyConnection = duckdb.connect(
+                self.path, read_only=read_only
+            )
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" in message.lower():
+                raise StoreLockedError(
+                    f"{self.path} is open in another process ({message.splitlines()[0]}). "
+                    "Close that process, or open this store read-only."
+                ) from exc
+            raise StoreError(f"cannot open {self.path}: {message}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._in_transaction = False
+        self._migrate(embedder_identity, dim, read_only)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def _migrate(self, identity: str, dim: int, read_only: bool) -> None:
+        con = self._con
+        has_meta = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+        ).fetchone()
+        if has_meta is not None and has_meta[0]:
+            stored_identity = self._meta("embedder")
+            stored_dim = int(self._meta("dim") or 0)
+            if stored_identity != identity or stored_dim != dim:
+                raise EmbedderMismatchError(
+                    f"{self.path} was created with embedder {stored_identity!r} "
+                    f"(dimension {stored_dim}); this Memory uses {identity!r} (dimension "
+                    f"{dim}). Open it with the same embedder, or export it and import the "
+                    "export into a new store to re-embed."
+                )
+            version = int(self._meta("schema_version") or 0)
+        else:
+            if read_only:
+                raise StoreError(f"{self.path} is not a memory store (no meta table)")
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} has schema version {version}; this engine knows up to "
+                f"{SCHEMA_VERSION}. Upgrade the engine to open it."
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if read_only:
+            raise SchemaVersionError(
+                f"{self.path} needs migrating to schema {SCHEMA_VERSION}; open it writable once"
+            )
+        with self.transaction():
+            if version == 0:
+                con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+                con.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [["embedder", identity], ["dim", str(dim)], ["schema_version", "0"],
+                     ["created_at", now_utc().isoformat()]],
+                )
+            for statements in migrations(dim)[version:]:
+                for statement in statements:
+                    con.execute(statement)
+            con.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)]
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Run the block in one DuckDB transaction (nested calls join the outer one)."""
+        with self._lock:
+            if self._in_transaction:
+                yield self._con
+                return
+            self._con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+            try:
+                yield self._con
+            except BaseException:
+                self._in_transaction = False
+                self._con.execute("ROLLBACK")
+                raise
+            self._in_transaction = False
+            self._con.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query and return all rows."""
+        with self._lock:
+            return self._con.execute(sql, params or []).fetchall()
+
+    # ---- messages --------------------------------------------------------------------
+
+    def insert_messages(
+        self,
+        rows: Sequence[tuple[str, str | None, str | None, str, str, dict[str, Any], datetime]],
+        *,
+        status: str,
+        mode: str,
+    ) -> list[int]:
+        """Insert messages ``(user, agent, run, role, content, metadata, observed_at)``."""
+        ingested = now_utc()
+        with self.transaction() as con:
+            ids = self._next_ids("seq_messages", len(rows))
+            con.executemany(
+                "INSERT INTO messages (id, user_id, agent_id, run_id, role, content, metadata,"
+                " observed_at, ingested_at, status, mode) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    [i, u, a, r, role, content, _dumps(meta), observed, ingested, status, mode]
+                    for i, (u, a, r, role, content, meta, observed) in zip(ids, rows, strict=True)
+                ],
+            )
+        return ids
+
+    def set_message_status(
+        self, ids: Sequence[int], status: str, error: str | None = None
+    ) -> None:
+        if not ids:
+            return
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE messages SET status = ?, error = ?, attempts = attempts + 1 "
+                "WHERE id IN (SELECT unnest(?::BIGINT[]))",
+                [status, error, list(ids)],
+            )
+
+    def _next_ids(self, sequence: str, count: int) -> list[int]:
+        if count == 0:
+            return []
+        rows = self._con.execute(
+            f"SELECT nextval('{sequence}') FROM range(?)", [count]
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    # ---- facts -----------------------------------------------------------------------
+
+    def insert_facts(
+        self, facts: Sequence[NewFact], embeddings: np.ndarray, *, recorded_at: datetime
+    ) -> list[int]:
+        """Insert fact versions with their embeddings; returns the new ids."""
+        import pyarrow as pa
+
+        with self.transaction() as con:
+            ids = self._next_ids("seq_facts", len(facts))
+            flat = pa.array(embeddings.astype("float32", copy=False).reshape(-1))
+            table = pa.table(
+                {
+                    "id": pa.array(ids, pa.int64()),
+                    "lineage_id": pa.array(
+                        [f.lineage_id if f.lineage_id is not None else i
+                         for f, i in zip(facts, ids, strict=True)],
+                        pa.int64(),
+                    ),
+                    "user_id": [f.user_id for f in facts],
+                    "agent_id": pa.array([f.agent_id for f in facts], pa.string()),
+                    "run_id": pa.array([f.run_id for f in facts], pa.string()),
+                    "text": [f.text for f in facts],
+                    "category": pa.array([f.category for f in facts], pa.string()),
+                    "metadata": [_dumps(f.metadata) for f in facts],
+                    "content_hash": [content_hash(f.text) for f in facts],
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+                    "source_message_id": pa.array(
+                        [f.source_message_id for f in facts], pa.int64()
+                    ),
+                    "valid_from": pa.array([f.valid_from for f in facts], pa.timestamp("us")),
+                    "recorded_at": pa.array([recorded_at] * len(facts), pa.timestamp("us")),
+                }
+            )
+            con.register("_new_facts", table)
+            try:
+                con.execute(
+                    "INSERT INTO facts (id, lineage_id, user_id, agent_id, run_id, text, category,"
+                    " metadata, content_hash, embedding, source_message_id, valid_from,"
+                    " recorded_at) SELECT id, lineage_id, user_id, agent_id, run_id, text,"
+                    " category, metadata, content_hash, embedding, source_message_id,"
+                    " valid_from, recorded_at FROM _new_facts"
+                )
+            finally:
+                con.unregister("_new_facts")
+            sources = [
+                [i, f.source_message_id, recorded_at]
+                for f, i in zip(facts, ids, strict=True)
+                if f.source_message_id is not None
+            ]
+            if sources:
+                self._insert_sources(sources)
+        return ids
+
+    def _insert_sources(self, rows: list[list[Any]]) -> None:
+        import pyarrow as pa
+
+        table = pa.table(
+            {
+                "fact_id": pa.array([r[0] for r in rows], pa.int64()),
+                "message_id": pa.array([r[1] for r in rows], pa.int64()),
+                "linked_at": pa.array([r[2] for r in rows], pa.timestamp("us")),
+            }
+        )
+        self._con.register("_new_sources", table)
+        try:
+            self._con.execute("INSERT INTO fact_sources SELECT * FROM _new_sources")
+        finally:
+            self._con.unregister("_new_sources")
+
+    def add_source(self, fact_id: int, message_id: int, at: datetime) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT INTO fact_sources VALUES (?, ?, ?)", [fact_id, message_id, at])
+
+    def current_by_hash(
+        self, user_id: str, agent_id: str | None, run_id: str | None, hashes: Sequence[str]
+    ) -> dict[str, int]:
+        """Map content hash → id of a current fact with that text in exactly this scope."""
+        if not hashes:
+            return {}
+        rows = self.query(
+            f"SELECT content_hash, min(id) FROM facts WHERE user_id = ? AND {CURRENT}"
+            " AND agent_id IS NOT DISTINCT FROM ? AND run_id IS NOT DISTINCT FROM ?"
+            " AND content_hash IN (SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
+            [user_id, agent_id, run_id, list(set(hashes))],
+        )
+        return {str(h): int(i) for h, i in rows}
+
+    def retire(
+        self,
+        fact_id: int,
+        *,
+        at: datetime,
+        valid_to: datetime | None = None,
+        superseded_by: int | None = None,
+    ) -> None:
+        """Close a fact version in transaction time (and in valid time if given)."""
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE facts SET expired_at = ?, valid_to = coalesce(?, valid_to),"
+                " superseded_by = ? WHERE id = ?",
+                [at, valid_to, superseded_by, fact_id],
+            )
+
+    def get_fact(self, fact_id: int) -> tuple[Any, ...]:
+        """The fact row (FACT_COLUMNS order) or FactNotFoundError."""
+        rows = self.query(f"SELECT {FACT_COLUMNS} FROM facts WHERE id = ?", [fact_id])
+        if not rows:
+            raise FactNotFoundError(f"no fact with id {fact_id}")
+        return rows[0]
+
+    def embeddings_for(self, fact_ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        import numpy as np
+
+        with self._lock:
+            table = self._con.execute(
+                "SELECT id, embedding FROM facts WHERE id IN (SELECT unnest(?::BIGINT[]))",
+                [list(fact_ids)],
+            ).fetch_arrow_table()
+        return _ids_and_matrix(table, self.dim, np)
+
+    def current_vectors(self, user_id: str) -> tuple[list[int], np.ndarray]:
+        """Ids and embeddings of a user's current facts, for (re)building the index."""
+        import numpy as np
+
+        with self._lock:
+            table = self._con.execute(
+                f"SELECT id, embedding FROM facts WHERE user_id = ? AND {CURRENT} ORDER BY id",
+                [user_id],
+            ).fetch_arrow_table()
+        return _ids_and_matrix(table, self.dim, np)
+
+    # ---- events ----------------------------------------------------------------------
+
+    def insert_events(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Append audit events; each row has the ``events`` columns except ``id``."""
+        import pyarrow as pa
+
+        if not rows:
+            return []
+        with self.transaction() as con:
+            ids = self._next_ids("seq_events", len(rows))
+            columns = ["kind", "fact_id", "lineage_id", "user_id", "agent_id", "run_id",
+                       "old_text", "new_text", "occurred_at", "actor", "reason", "message_id"]
+            types = {"fact_id": pa.int64(), "lineage_id": pa.int64(), "message_id": pa.int64(),
+                     "occurred_at": pa.timestamp("us")}
+            data = {"id": pa.array(ids, pa.int64())}
+            for column in columns:
+                key = "at" if column == "occurred_at" else column
+                data[column] = pa.array([r.get(key) for r in rows], types.get(column, pa.string()))
+            con.register("_new_events", pa.table(data))
+            try:
+                con.execute(
+                    f"INSERT INTO events (id, {', '.join(columns)}) "
+                    f"SELECT id, {', '.join(columns)} FROM _new_events"
+                )
+            finally:
+                con.unregister("_new_events")
+        return ids
+
+    # ---- index generations -----------------------------------------------------------
+
+    def bump_generation(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Increment and return the index generation of each user (in a transaction)."""
+        result: dict[str, int] = {}
+        with self.transaction() as con:
+            for user_id in sorted(set(user_ids)):
+                row = con.execute(
+                    "INSERT INTO index_state VALUES (?, 1) ON CONFLICT (user_id) DO UPDATE"
+                    " SET generation = index_state.generation + 1 RETURNING generation",
+                    [user_id],
+                ).fetchone()
+                assert row is not None
+                result[user_id] = int(row[0])
+        return result
+
+    def generation(self, user_id: str) -> int:
+        rows = self.query("SELECT generation FROM index_state WHERE user_id = ?", [user_id])
+        return int(rows[0][0]) if rows else 0
+
+    # ---- erasure ---------------------------------------------------------------------
+
+    def purge_user(self, user_id: str) -> dict[str, int]:
+        """Erase every row of one user (privacy requests). Returns counts per table."""
+        counts: dict[str, int] = {}
+        with self.transaction() as con:
+            counts["facts"] = self._count("facts", user_id)
+            counts["messages"] = self._count("messages", user_id)
+            counts["events"] = self._count("events", user_id)
+            con.execute(
+                "DELETE FROM fact_sources WHERE fact_id IN (SELECT id FROM facts WHERE user_id=?)",
+                [user_id],
+            )
+            for table in ("facts", "messages", "events", "index_state"):
+                con.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id])
+        return counts
+
+    def _count(self, table: str, user_id: str) -> int:
+        row = self._con.execute(
+            f"SELECT count(*) FROM {table} WHERE user_id = ?", [user_id]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def stats(self) -> dict[str, Any]:
+        """Row counts and identity, for ``memengine stats``."""
+        facts = self.query(
+            f"SELECT count(*), count(*) FILTER ({CURRENT}), count(DISTINCT user_id) FROM facts"
+        )[0]
+        messages = self.query(
+            "SELECT count(*), count(*) FILTER (status = 'pending'),"
+            " count(*) FILTER (status = 'failed') FROM messages"
+        )[0]
+        events = self.query("SELECT count(*) FROM events")[0][0]
+        return {
+            "path": self.path,
+            "embedder": self._meta("embedder"),
+            "dim": self.dim,
+            "schema_version": int(self._meta("schema_version") or 0),
+            "facts": int(facts[0]),
+            "current_facts": int(facts[1]),
+            "users": int(facts[2]),
+            "messages": int(messages[0]),
+            "pending_messages": int(messages[1]),
+            "failed_messages": int(messages[2]),
+            "events": int(events),
+        }
+
+
+def _ids_and_matrix(table: Any, dim: int, np: Any) -> tuple[list[int], Any]:
+    ids = table.column("id").to_pylist()
+    if not ids:
+        return [], np.zeros((0, dim), dtype=np.float32)
+    values = table.column("embedding").combine_chunks().flatten().to_numpy()
+    return ids, np.asarray(values, dtype=np.float32).reshape(len(ids), dim)
+
+
+def row_time(value: datetime | None) -> datetime | None:
+    """Stored naive UTC → aware UTC (re-exported for modules that build records)."""
+    return to_aware(value)

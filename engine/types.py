@@ -1,0 +1,138 @@
+"""Plain data objects the engine returns: facts, search hits, events, add results.
+
+They are frozen dataclasses with ``to_dict()`` so the CLI and exports can print
+them as JSON without knowing their fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["AddResult", "Event", "Fact", "Message", "SearchHit"]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (datetimes as ISO 8601 strings)."""
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
+
+
+@dataclass(frozen=True)
+class Fact(_Record):
+    """One version of a fact.
+
+    A fact is *current* when ``valid_to`` and ``expired_at`` are both None.
+    ``valid_from``/``valid_to`` say when it was true in the user's world;
+    ``recorded_at``/``expired_at`` say when the engine learned and retired it.
+    Every version of the same fact shares ``lineage_id``.
+    """
+
+    id: int
+    text: str
+    user_id: str
+    agent_id: str | None
+    run_id: str | None
+    category: str | None
+    metadata: dict[str, Any]
+    valid_from: datetime
+    valid_to: datetime | None
+    recorded_at: datetime
+    expired_at: datetime | None
+    superseded_by: int | None
+    lineage_id: int
+    source_message_id: int | None
+
+    @property
+    def is_current(self) -> bool:
+        return self.valid_to is None and self.expired_at is None
+
+
+@dataclass(frozen=True)
+class SearchHit(_Record):
+    """A fact returned by ``search`` with its fused score (higher is better).
+
+    ``explain`` holds each signal's raw value and contribution when the search
+    was made with ``explain=True``, else None.
+    """
+
+    id: int
+    text: str
+    score: float
+    user_id: str
+    agent_id: str | None
+    run_id: str | None
+    category: str | None
+    metadata: dict[str, Any]
+    valid_from: datetime
+    valid_to: datetime | None
+    explain: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Event(_Record):
+    """One entry of the append-only audit log.
+
+    ``kind`` is one of ADD, UPDATE, SUPERSEDE, DUPLICATE, DELETE, RESTORE, PURGE.
+    """
+
+    id: int
+    kind: str
+    fact_id: int | None
+    lineage_id: int | None
+    user_id: str
+    old_text: str | None
+    new_text: str | None
+    at: datetime
+    actor: str
+    reason: str | None
+    message_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Message(_Record):
+    """A raw message as stored, before or after extraction."""
+
+    id: int
+    user_id: str
+    agent_id: str | None
+    run_id: str | None
+    role: str
+    content: str
+    metadata: dict[str, Any]
+    observed_at: datetime
+    ingested_at: datetime
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AddResult(_Record):
+    """What one ``add`` call changed: the stored message ids and the events."""
+
+    message_ids: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def fact_ids(self) -> list[int]:
+        """Ids of the facts added or updated by this call (no duplicates)."""
+        seen: dict[int, None] = {}
+        for event in self.events:
+            if event.fact_id is not None and event.kind in ("ADD", "UPDATE", "DUPLICATE"):
+                seen[event.fact_id] = None
+        return list(seen)

@@ -1,0 +1,69 @@
+"""Shared fixtures: real DuckDB files in tmp dirs, the real hnswlib, and a
+deterministic hashing embedder so tests can assert exact rankings fast.
+
+Tests marked ``model`` use the real bundled MiniLM (installed by ``make test``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from engine.embed import HashingEmbedder
+from engine.memory import Memory
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "memory.duckdb"
+
+
+@pytest.fixture
+def make_memory(db_path: Path) -> Iterator[Callable[..., Memory]]:
+    """Open Memory objects on the test's DuckDB file; all are closed at the end."""
+    opened: list[Memory] = []
+
+    def factory(path: Path | str | None = None, **kwargs: object) -> Memory:
+        kwargs.setdefault("embedder", HashingEmbedder(64))
+        memory = Memory(path or db_path, **kwargs)  # type: ignore[arg-type]
+        opened.append(memory)
+        return memory
+
+    yield factory
+    for memory in opened:
+        memory.close()
+
+
+@pytest.fixture
+def memory(make_memory: Callable[..., Memory]) -> Memory:
+    return make_memory()
+
+
+def minilm_path() -> Path | None:
+    """The installed MiniLM folder, or None when the model is not installed."""
+    try:
+        from engine import models
+
+        return models.resolve_model_path("minilm", "sentence-transformers")
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def minilm() -> object:
+    """The real MiniLM embedder (loaded once per session)."""
+    path = minilm_path()
+    if path is None:
+        message = "MiniLM is not installed: run `make install` (or memengine models install minilm)"
+        if os.environ.get("MEMENGINE_REQUIRE_MODELS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from engine.embed import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(path, name="minilm", device="cpu")
