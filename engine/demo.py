@@ -39,7 +39,7 @@ def run_demo(db_path: Path, *, embedder: str | None = None,
                 for h in hits]
         return table(rows, ["score", "fact", "valid from", "valid to"], wrap_column=1)
 
-    with Memory(db_path, embedder=embedder, actor="demo") as memory:
+    with Memory(db_path, embedder=embedder, actor="demo", infer=False) as memory:
         echo(f"store: {db_path}  (embedder: {memory.embedder.identity})")
         title("Day 1: Maria and Joao tell us about themselves")
         maria = memory.add(

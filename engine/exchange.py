@@ -32,7 +32,7 @@ __all__ = ["FORMAT", "VERSION", "export_jsonl", "import_jsonl"]
 FORMAT = "memengine-export"
 VERSION = 1
 
-_MESSAGE_COLS = ["id", "user_id", "agent_id", "run_id", "role", "content", "metadata",
+_MESSAGE_COLS = ["id", "user_id", "agent_id", "run_id", "role", "name", "content", "metadata",
                  "observed_at", "ingested_at", "status", "mode", "error", "attempts"]
 _FACT_COLS = ["id", "lineage_id", "user_id", "agent_id", "run_id", "text", "category",
               "metadata", "content_hash", "source_message_id", "valid_from", "valid_to",

@@ -18,7 +18,9 @@ Typical use::
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -26,15 +28,19 @@ from typing import Any
 
 from engine import config
 from engine.embed import Embedder, load_embedder
-from engine.errors import InvalidInputError
+from engine.errors import EngineError, InvalidInputError, ModelError
+from engine.extract import Extractor
 from engine.filters import compile_filters, validate_filters
 from engine.index import HnswParams, VectorIndex
+from engine.maintain import apply_decisions
+from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, valid_at_sql
 from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
 from engine.timeutil import TimeLike, now_utc, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
 from engine.validate import (
+    InputMessage,
     check_fact_id,
     check_k,
     check_metadata,
@@ -42,10 +48,14 @@ from engine.validate import (
     check_text,
     normalise_messages,
 )
+from engine.worker import BackgroundWorker
 
 __all__ = ["Memory"]
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Extraction attempts before a message is marked failed (it stays stored)."""
 
 
 class Memory:
@@ -56,6 +66,13 @@ class Memory:
     model name from the manifest, a sentence-transformers folder, ``"hashing"``
     or an :class:`~engine.embed.Embedder` instance (default: the bundled MiniLM).
     ``actor`` is recorded on every event this object writes.
+
+    ``extractor`` turns messages into facts when ``add`` infers: an
+    :class:`~engine.extract.Extractor`, a GGUF model name or path for the
+    built-in DSPy + llama.cpp extractor, or None for the default model (loaded
+    on first use). ``infer`` is the default of ``add(infer=...)``. With
+    ``process_pending`` (default), messages left unprocessed by an earlier
+    process are extracted in the background after opening.
     """
 
     def __init__(
@@ -67,6 +84,9 @@ class Memory:
         index_params: HnswParams | None = None,
         read_only: bool = False,
         actor: str = "api",
+        extractor: Extractor | str | None = None,
+        infer: bool = True,
+        process_pending: bool = True,
     ) -> None:
         self.path = str(path) if path is not None else str(config.default_db_path())
         self.embedder = load_embedder(
@@ -89,7 +109,19 @@ class Memory:
             params=index_params,
         )
         self.searcher = Searcher(self.store, self.index)
+        self.infer = infer
+        self._extractor_spec = extractor
+        self._extractor: Extractor | None = (
+            extractor if extractor is not None and not isinstance(extractor, str) else None
+        )
+        self._extractor_lock = threading.Lock()
+        self._worker = BackgroundWorker(self._process)
         self._closed = False
+        if process_pending and not read_only:
+            waiting = [int(r[0]) for r in self.store.pending_messages(max_attempts=MAX_ATTEMPTS)]
+            if waiting:
+                log.info("%d messages wait for extraction; processing them", len(waiting))
+                self._worker.submit(waiting)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -99,6 +131,7 @@ class Memory:
             return
         self._closed = True
         try:
+            self._worker.stop()
             if not self.read_only:
                 self.index.save()
         finally:
@@ -111,7 +144,8 @@ class Memory:
         self.close()
 
     def flush(self) -> None:
-        """Persist the vector index now (it is also saved on close)."""
+        """Wait for background extraction to finish, then persist the vector index."""
+        self._worker.flush()
         self.index.save()
 
     # ---- writing ---------------------------------------------------------------------
@@ -125,35 +159,39 @@ class Memory:
         run_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         observed_at: TimeLike | None = None,
-        infer: bool = False,
+        infer: bool | None = None,
+        wait: bool = True,
         category: str | None = None,
     ) -> AddResult:
         """Remember messages for a user.
 
         ``text_or_messages`` is a string, a message dict (``role``, ``content``,
         optional ``observed_at``, ``metadata``, ``name``) or a list of them.
-        With ``infer=False`` each message is stored and becomes one fact, valid
-        from its ``observed_at`` (default now); an exact duplicate of a current
-        fact in the same scope adds provenance (a DUPLICATE event) instead of a
-        second copy. LM extraction (``infer=True``) arrives with the extraction
-        module; until then it raises InvalidInputError.
+        With ``infer=True`` (the default unless the Memory was opened with
+        ``infer=False``) the messages are stored first, then the LM extracts
+        standalone facts, each is compared with the user's related facts, and
+        the changes (added, superseded, duplicate...) are applied in one
+        transaction and returned as events. ``wait=False`` returns as soon as
+        the messages are stored and extracts in the background (see ``flush``).
+        A message whose extraction fails stays stored as pending, never lost.
+
+        With ``infer=False`` each message becomes one fact as given, valid from
+        its ``observed_at`` (default now); an exact duplicate of a current fact
+        in the same scope adds provenance (a DUPLICATE event) instead of a copy.
         """
         user, agent, run = check_scope(user_id, agent_id, run_id)
         when = now_utc() if observed_at is None else to_storage(observed_at, name="observed_at")
         messages = normalise_messages(
             text_or_messages, observed_at=when, metadata=check_metadata(metadata)
         )
-        if infer:
-            raise InvalidInputError(
-                "infer=True needs LM extraction, which this build does not include yet; "
-                "pass infer=False to store each message as a fact"
-            )
+        if self.infer if infer is None else infer:
+            return self._add_inferred(messages, user, agent, run, wait=wait)
         vectors = self.embedder.embed([m.content for m in messages])
         recorded = now_utc()
         hashes = [content_hash(m.content) for m in messages]
         with self.store.transaction():
             message_ids = self.store.insert_messages(
-                [(user, agent, run, m.role, m.content, m.metadata, m.observed_at)
+                [(user, agent, run, m.role, m.name, m.content, m.metadata, m.observed_at)
                  for m in messages],
                 status="processed",
                 mode="raw",
@@ -203,10 +241,104 @@ class Memory:
             event_ids = self.store.insert_events(events)
         if generation is not None:
             self.index.apply(user, generation, add_ids=fact_ids, add_vectors=vectors[new_rows])
+            self.searcher.on_change(user, generation, add_ids=fact_ids)
         return AddResult(
             message_ids=message_ids,
             events=self._events_by_id(event_ids),
         )
+
+    def _add_inferred(
+        self, messages: list[InputMessage], user: str, agent: str | None, run: str | None,
+        *, wait: bool,
+    ) -> AddResult:
+        message_ids = self.store.insert_messages(
+            [(user, agent, run, m.role, m.name, m.content, m.metadata, m.observed_at)
+             for m in messages],
+            status="pending",
+            mode="infer",
+        )
+        if not wait:
+            self._worker.submit(message_ids)
+            return AddResult(message_ids=message_ids, pending=list(message_ids))
+        self._worker.flush()  # keep the order of earlier background batches
+        return self._process(message_ids)
+
+    @property
+    def extractor(self) -> Extractor:
+        """The extraction back-end, built on first use (loads the LM lazily)."""
+        with self._extractor_lock:
+            if self._extractor is None:
+                from engine.extract.programs import DspyExtractor
+
+                spec = self._extractor_spec
+                self._extractor = DspyExtractor(model=spec if isinstance(spec, str) else None)
+            return self._extractor
+
+    def _process(self, message_ids: list[int]) -> AddResult:
+        """Extract, resolve and apply the pending messages among ``message_ids``."""
+        rows = self.store.pending_messages(message_ids)
+        if not rows:
+            return AddResult(message_ids=list(message_ids))
+        pending = [
+            PendingMessage(id=int(r[0]), user_id=r[1], agent_id=r[2], run_id=r[3], role=r[4],
+                           name=r[5], content=r[6], metadata=json.loads(r[7] or "{}"),
+                           observed_at=r[8])
+            for r in rows
+        ]
+        ids = [m.id for m in pending]
+        attempts = max(int(r[9]) for r in rows) + 1
+        try:
+            decisions = decide(pending, store=self.store, index=self.index,
+                               embedder=self.embedder, extractor=self.extractor)
+        except ModelError as exc:
+            self.store.set_message_status(ids, "pending", f"LM unavailable: {exc}",
+                                          count_attempt=False)
+            raise ModelError(
+                f"{exc} (the {len(ids)} message(s) are stored and will be processed once an "
+                "LM is available: run `make install` or pass extractor=...)"
+            ) from exc
+        except EngineError as exc:
+            status = "failed" if attempts >= MAX_ATTEMPTS else "pending"
+            self.store.set_message_status(ids, status, str(exc))
+            log.warning("extraction failed for messages %s (%s); kept as %s", ids, exc, status)
+            return AddResult(message_ids=list(message_ids), pending=ids, errors=[str(exc)])
+        recorded = now_utc()
+        with self.store.transaction():
+            applied = apply_decisions(self.store, decisions, actor=self._actor_for_inference(),
+                                      recorded=recorded)
+            event_ids = self.store.insert_events(applied.events)
+            users = sorted(set(applied.added) | set(applied.removed))
+            generations = self.store.bump_generation(users)
+            self.store.set_message_status(ids, "processed")
+        import numpy as np
+
+        for user in users:
+            added = applied.added.get(user, [])
+            vectors = np.stack([v for _, v in added]) if added else None
+            self.index.apply(user, generations[user], add_ids=[i for i, _ in added],
+                             add_vectors=vectors, remove_ids=applied.removed.get(user, []))
+            self.searcher.on_change(user, generations[user], add_ids=[i for i, _ in added],
+                                    remove_ids=applied.removed.get(user, []))
+        return AddResult(message_ids=list(message_ids), events=self._events_by_id(event_ids))
+
+    def _actor_for_inference(self) -> str:
+        return f"{self.actor}:extract:{self.extractor.identity}"
+
+    def status(self, *, limit: int = 20) -> dict[str, Any]:
+        """Messages waiting for extraction or failed, with their errors."""
+        rows = self.store.query(
+            "SELECT id, user_id, status, attempts, error, content FROM messages"
+            " WHERE status IN ('pending', 'failed') ORDER BY id LIMIT ?", [limit])
+        counts = self.store.stats()
+        return {
+            "pending_messages": counts["pending_messages"],
+            "failed_messages": counts["failed_messages"],
+            "messages": [
+                {"id": int(r[0]), "user_id": r[1], "status": r[2], "attempts": int(r[3]),
+                 "error": r[4], "content": r[5]}
+                for r in rows
+            ],
+        }
 
     def update(
         self,
@@ -256,6 +388,7 @@ class Memory:
             ])
         self.index.apply(old.user_id, generation, add_ids=[new_id], add_vectors=vector,
                          remove_ids=[fact_id])
+        self.searcher.on_change(old.user_id, generation, add_ids=[new_id], remove_ids=[fact_id])
         return self.get(new_id)
 
     def delete(self, fact_id: int, *, reason: str | None = None) -> Event:
@@ -273,6 +406,7 @@ class Memory:
                             fact.run_id, fact.text, None, recorded, reason, None),
             ])
         self.index.apply(fact.user_id, generation, remove_ids=[fact_id])
+        self.searcher.on_change(fact.user_id, generation, remove_ids=[fact_id])
         return self._events_by_id([event_id])[0]
 
     def restore(self, fact_id: int, *, reason: str | None = None) -> Fact:
@@ -304,6 +438,7 @@ class Memory:
                             fact.run_id, None, fact.text, recorded, reason, None),
             ])
         self.index.apply(fact.user_id, generation, add_ids=[new_id], add_vectors=vector)
+        self.searcher.on_change(fact.user_id, generation, add_ids=[new_id])
         return self.get(new_id)
 
     def purge(self, user_id: str) -> dict[str, int]:
@@ -315,6 +450,7 @@ class Memory:
         user, _, _ = check_scope(user_id)
         counts = self.store.purge_user(user)
         self.index.forget(user)
+        self.searcher.forget(user)
         return counts
 
     # ---- reading ---------------------------------------------------------------------

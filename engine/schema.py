@@ -24,6 +24,7 @@ def migrations(dim: int) -> list[list[str]]:
                 agent_id VARCHAR,
                 run_id VARCHAR,
                 role VARCHAR NOT NULL,
+                name VARCHAR,
                 content VARCHAR NOT NULL,
                 metadata JSON,
                 observed_at TIMESTAMP NOT NULL,

@@ -65,6 +65,7 @@ class NewFact:
     valid_from: datetime
     source_message_id: int | None
     lineage_id: int | None = None
+    valid_to: datetime | None = None
 
 
 def _dumps(metadata: dict[str, Any] | None) -> str:
@@ -198,35 +199,78 @@ class Store:
 
     def insert_messages(
         self,
-        rows: Sequence[tuple[str, str | None, str | None, str, str, dict[str, Any], datetime]],
+        rows: Sequence[
+            tuple[str, str | None, str | None, str, str | None, str, dict[str, Any], datetime]
+        ],
         *,
         status: str,
         mode: str,
     ) -> list[int]:
-        """Insert messages ``(user, agent, run, role, content, metadata, observed_at)``."""
+        """Insert messages ``(user, agent, run, role, name, content, metadata, observed_at)``."""
+        import pyarrow as pa
+
         ingested = now_utc()
         with self.transaction() as con:
             ids = self._next_ids("seq_messages", len(rows))
-            con.executemany(
-                "INSERT INTO messages (id, user_id, agent_id, run_id, role, content, metadata,"
-                " observed_at, ingested_at, status, mode) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    [i, u, a, r, role, content, _dumps(meta), observed, ingested, status, mode]
-                    for i, (u, a, r, role, content, meta, observed) in zip(ids, rows, strict=True)
-                ],
-            )
+            columns = list(zip(*rows, strict=True))
+            table = pa.table({
+                "id": pa.array(ids, pa.int64()),
+                "user_id": pa.array(columns[0], pa.string()),
+                "agent_id": pa.array(columns[1], pa.string()),
+                "run_id": pa.array(columns[2], pa.string()),
+                "role": pa.array(columns[3], pa.string()),
+                "name": pa.array(columns[4], pa.string()),
+                "content": pa.array(columns[5], pa.string()),
+                "metadata": pa.array([_dumps(m) for m in columns[6]], pa.string()),
+                "observed_at": pa.array(columns[7], pa.timestamp("us")),
+            })
+            con.register("_new_messages", table)
+            try:
+                con.execute(
+                    "INSERT INTO messages (id, user_id, agent_id, run_id, role, name, content,"
+                    " metadata, observed_at, ingested_at, status, mode) SELECT id, user_id,"
+                    " agent_id, run_id, role, name, content, metadata, observed_at, ?, ?, ?"
+                    " FROM _new_messages",
+                    [ingested, status, mode],
+                )
+            finally:
+                con.unregister("_new_messages")
         return ids
 
+    def pending_messages(
+        self, ids: Sequence[int] | None = None, *, max_attempts: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Messages waiting for extraction (optionally only these ids), oldest first.
+
+        Rows: id, user_id, agent_id, run_id, role, name, content, metadata,
+        observed_at, attempts.
+        """
+        clauses = ["status = 'pending'", "mode = 'infer'"]
+        params: list[Any] = []
+        if ids is not None:
+            clauses.append("id IN (SELECT unnest(?::BIGINT[]))")
+            params.append(list(ids))
+        if max_attempts is not None:
+            clauses.append("attempts < ?")
+            params.append(max_attempts)
+        return self.query(
+            "SELECT id, user_id, agent_id, run_id, role, name, content, metadata, observed_at,"
+            f" attempts FROM messages WHERE {' AND '.join(clauses)} ORDER BY id",
+            params,
+        )
+
     def set_message_status(
-        self, ids: Sequence[int], status: str, error: str | None = None
+        self, ids: Sequence[int], status: str, error: str | None = None,
+        *, count_attempt: bool = True,
     ) -> None:
+        """Mark messages processed, pending (with the error) or failed."""
         if not ids:
             return
         with self.transaction() as con:
             con.execute(
-                "UPDATE messages SET status = ?, error = ?, attempts = attempts + 1 "
+                "UPDATE messages SET status = ?, error = ?, attempts = attempts + ? "
                 "WHERE id IN (SELECT unnest(?::BIGINT[]))",
-                [status, error, list(ids)],
+                [status, error, 1 if count_attempt else 0, list(ids)],
             )
 
     def _next_ids(self, sequence: str, count: int) -> list[int]:
@@ -268,6 +312,7 @@ class Store:
                         [f.source_message_id for f in facts], pa.int64()
                     ),
                     "valid_from": pa.array([f.valid_from for f in facts], pa.timestamp("us")),
+                    "valid_to": pa.array([f.valid_to for f in facts], pa.timestamp("us")),
                     "recorded_at": pa.array([recorded_at] * len(facts), pa.timestamp("us")),
                 }
             )
@@ -275,10 +320,10 @@ class Store:
             try:
                 con.execute(
                     "INSERT INTO facts (id, lineage_id, user_id, agent_id, run_id, text, category,"
-                    " metadata, content_hash, embedding, source_message_id, valid_from,"
+                    " metadata, content_hash, embedding, source_message_id, valid_from, valid_to,"
                     " recorded_at) SELECT id, lineage_id, user_id, agent_id, run_id, text,"
                     " category, metadata, content_hash, embedding, source_message_id,"
-                    " valid_from, recorded_at FROM _new_facts"
+                    " valid_from, valid_to, recorded_at FROM _new_facts"
                 )
             finally:
                 con.unregister("_new_facts")

@@ -123,10 +123,17 @@ class Message(_Record):
 
 @dataclass(frozen=True)
 class AddResult(_Record):
-    """What one ``add`` call changed: the stored message ids and the events."""
+    """What one ``add`` call changed: the stored message ids and the events.
+
+    ``pending`` lists messages stored but not yet turned into facts: extraction
+    runs in the background (``wait=False``) or failed (``errors`` says why); they
+    are retried when the store is next opened and shown by ``memengine status``.
+    """
 
     message_ids: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def fact_ids(self) -> list[int]:

@@ -31,6 +31,7 @@ def make_memory(db_path: Path) -> Iterator[Callable[..., Memory]]:
 
     def factory(path: Path | str | None = None, **kwargs: object) -> Memory:
         kwargs.setdefault("embedder", HashingEmbedder(64))
+        kwargs.setdefault("infer", False)
         memory = Memory(path or db_path, **kwargs)  # type: ignore[arg-type]
         opened.append(memory)
         return memory

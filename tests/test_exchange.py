@@ -43,11 +43,11 @@ def _normalised(path: Path) -> list[str]:
 @given(ops=operations)
 def test_round_trip_keeps_everything(tmp_path: Path, ops) -> None:  # type: ignore[no-untyped-def]
     case = tmp_path / f"case-{abs(hash(str(ops)))}"
-    with Memory(case / "a.duckdb", embedder=HashingEmbedder(32)) as source:
+    with Memory(case / "a.duckdb", embedder=HashingEmbedder(32), infer=False) as source:
         _apply(source, ops)
         source.export(case / "a.jsonl")
         before = {u: [f.text for f in source.get_all(u)] for u in ("u1", "u2")}
-    with Memory(case / "b.duckdb", embedder=HashingEmbedder(32)) as target:
+    with Memory(case / "b.duckdb", embedder=HashingEmbedder(32), infer=False) as target:
         counts = target.import_(case / "a.jsonl")
         target.export(case / "b.jsonl")
         assert {u: [f.text for f in target.get_all(u)] for u in ("u1", "u2")} == before

@@ -207,7 +207,6 @@ def test_persists_across_reopen(make_memory, db_path) -> None:  # type: ignore[n
         (lambda m: m.add("hi", user_id="u", metadata="x"), InvalidInputError, "dict"),
         (lambda m: m.add("hi", user_id="u", metadata={"a": object()}), InvalidInputError, "JSON"),
         (lambda m: m.add("hi", user_id="u", observed_at="yesterday"), InvalidInputError, "ISO"),
-        (lambda m: m.add("hi", user_id="u", infer=True), InvalidInputError, "infer"),
         (lambda m: m.search("", user_id="u"), InvalidInputError, "empty"),
         (lambda m: m.search("q", user_id="u", k=0), InvalidInputError, "k must"),
         (lambda m: m.search("q", user_id="u", filters={"a": {"near": 1}}), InvalidInputError,

@@ -26,7 +26,7 @@ def test_minilm_vectors_are_normalised_and_semantic(minilm) -> None:  # type: ig
 
 
 def test_story_with_minilm(minilm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with Memory(tmp_path / "m.duckdb", embedder=minilm) as memory:
+    with Memory(tmp_path / "m.duckdb", embedder=minilm, infer=False) as memory:
         coffee = memory.add("I really love coffee in the morning", user_id="maria",
                             observed_at="2026-05-01").fact_ids[0]
         memory.add(["I live in Lisbon", "I work as a nurse"], user_id="maria",

@@ -120,8 +120,9 @@ def test_ann_matches_exact_search_on_a_small_user(make_memory) -> None:  # type:
     memory, _ = _filled(make_memory, n=200)
     _ids, matrix = memory.store.current_vectors("u")
     for query in ("topic 1", "fact number 150", "number 42 topic"):
-        ann = [h.score for h in memory.search(query, user_id="u", k=10)]
-        exact = np.sort(matrix @ memory.embedder.embed_query(query))[::-1][:10]
+        vector = memory.embedder.embed_query(query)
+        _, ann = memory.index.search("u", vector, 10)
+        exact = np.sort(matrix @ vector)[::-1][:10]
         # hashing vectors tie a lot, so compare scores rather than ids
         assert np.allclose(ann, exact, atol=1e-5)
 

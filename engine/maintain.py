@@ -1,0 +1,142 @@
+"""Deterministic temporal rules: how a resolved new fact changes the store.
+
+The LM only labels; this module decides. For each new fact, given the labels of
+its candidates:
+
+* ``duplicate`` of a current fact: no new version; the message is linked to the
+  existing fact as extra provenance (a DUPLICATE event).
+* ``superseded`` / ``refined``: the new fact becomes the next version of the
+  candidate's lineage. If it starts at or after the candidate, the candidate is
+  closed (``valid_to`` = new ``valid_from``, ``expired_at`` = now,
+  ``superseded_by`` = new id): a SUPERSEDE (or, for a refinement, UPDATE) event.
+  If it starts *before* the candidate, it is late information about an older
+  period: it is stored as a closed historical version (``valid_to`` = the
+  candidate's ``valid_from``) and the newer fact is left untouched.
+* otherwise: a new fact (ADD).
+
+Everything for one batch is applied in a single DuckDB transaction. Decisions
+are made outside the transaction (LM calls are slow), so each target is checked
+again here: one that stopped being current meanwhile is left alone and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from engine.store import CURRENT, NewFact, Store
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["Applied", "Decision", "Ref", "apply_decisions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A stored fact (``fact_id``) or a fact decided earlier in the same batch (``batch``)."""
+
+    fact_id: int | None = None
+    batch: int | None = None
+
+
+@dataclass
+class Decision:
+    """What to do with one extracted fact; built by the pipeline, applied here."""
+
+    text: str
+    category: str | None
+    metadata: dict[str, Any]
+    user_id: str
+    agent_id: str | None
+    run_id: str | None
+    valid_from: datetime
+    message_id: int
+    vector: np.ndarray
+    duplicate_of: Ref | None = None
+    supersedes: list[Ref] = field(default_factory=list)
+    refines: list[Ref] = field(default_factory=list)
+
+
+@dataclass
+class Applied:
+    """The outcome of a batch: audit events and index changes per user."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    added: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    removed: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _current_row(store: Store, fact_id: int) -> tuple[int, datetime, str] | None:
+    rows = store.query(
+        f"SELECT lineage_id, valid_from, text FROM facts WHERE id = ? AND {CURRENT}", [fact_id]
+    )
+    return (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+
+def apply_decisions(
+    store: Store, decisions: list[Decision], *, actor: str, recorded: datetime
+) -> Applied:
+    """Apply decisions in order inside the caller's transaction."""
+    applied = Applied()
+    ids: list[int | None] = []  # batch index -> new fact id (None for duplicates)
+
+    def resolve(ref: Ref) -> int | None:
+        return ref.fact_id if ref.batch is None else ids[ref.batch]
+
+    def event(kind: str, decision: Decision, fact_id: int | None, lineage: int | None,
+              old: str | None, reason: str | None) -> None:
+        applied.events.append({
+            "kind": kind, "fact_id": fact_id, "lineage_id": lineage, "user_id": decision.user_id,
+            "agent_id": decision.agent_id, "run_id": decision.run_id, "old_text": old,
+            "new_text": decision.text, "at": recorded, "actor": actor, "reason": reason,
+            "message_id": decision.message_id,
+        })
+
+    for decision in decisions:
+        if decision.duplicate_of is not None:
+            target = resolve(decision.duplicate_of)
+            if target is not None and _current_row(store, target) is not None:
+                store.add_source(target, decision.message_id, recorded)
+                event("DUPLICATE", decision, target, None, None, "same fact already known")
+                ids.append(None)
+                continue
+        targets: list[tuple[int, int, datetime, str, str]] = []
+        for kind, refs in (("SUPERSEDE", decision.supersedes), ("UPDATE", decision.refines)):
+            for ref in refs:
+                target = resolve(ref)
+                row = None if target is None else _current_row(store, target)
+                if target is None or row is None:
+                    log.info("fact %s is no longer current; not superseding it", target)
+                    continue
+                targets.append((target, row[0], row[1], row[2], kind))
+        start = decision.valid_from
+        newer = [t for t in targets if start < t[2]]
+        older = [t for t in targets if start >= t[2]]
+        valid_to = min(t[2] for t in newer) if newer else None
+        lineage = (older or newer)[0][1] if targets else None
+        (new_id,) = store.insert_facts(
+            [NewFact(decision.text, decision.user_id, decision.agent_id, decision.run_id,
+                     decision.category, decision.metadata, start, decision.message_id,
+                     lineage_id=lineage, valid_to=valid_to)],
+            decision.vector.reshape(1, -1),
+            recorded_at=recorded,
+        )
+        ids.append(new_id)
+        lineage = lineage if lineage is not None else new_id
+        for target, _, _, old_text, kind in older:
+            store.retire(target, at=recorded, valid_to=start, superseded_by=new_id)
+            applied.removed.setdefault(decision.user_id, []).append(target)
+            event(kind, decision, new_id, lineage, old_text,
+                  "contradicts the earlier fact" if kind == "SUPERSEDE" else "adds detail")
+        if not older:
+            reason = (f"about an older period: valid until {valid_to.isoformat()}, newer fact kept"
+                      if valid_to is not None else "new fact")
+            event("ADD", decision, new_id, lineage, None, reason)
+        if valid_to is None:
+            applied.added.setdefault(decision.user_id, []).append((new_id, decision.vector))
+    return applied
