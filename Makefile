@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: help install demo test test-fast lint bench bench-compare clean
+.PHONY: help install demo test test-fast lint bench bench-quick bench-compare clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,11 +26,14 @@ lint: install ## ruff and mypy
 	$(PY) -m ruff check engine tests benchmarks
 	$(PY) -m mypy
 
-bench: install ## Run the benchmarks (see benchmarks/README.md); results in benchmarks/results/
+bench: install ## Run every benchmark (45-60 min; see benchmarks/README.md) into benchmarks/results/
 	$(PY) -m benchmarks all
 
-bench-compare: install ## Side-by-side with mem0 in its own virtual environment
-	$(PY) -m benchmarks compare
+bench-quick: install ## Every benchmark at small sizes (a few minutes)
+	$(PY) -m benchmarks all --quick
+
+bench-compare: install ## Side-by-side with mem0 (builds .venv-mem0 on first use)
+	$(PY) -m benchmarks compare $(if $(wildcard .venv-mem0/bin/python),,--setup)
 
 clean: ## Remove the venv, caches and demo data (not the model cache)
 	rm -rf .venv .stamps .pytest_cache .mypy_cache .ruff_cache data build *.egg-info

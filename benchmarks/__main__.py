@@ -1,23 +1,58 @@
-"""``python -m benchmarks NAME [args]``: run one benchmark module's ``main(argv)``."""
+"""``python -m benchmarks NAME [args]``: run one benchmark, or ``all`` of them.
+
+Names: ``latency``, ``recall``, ``compare`` (side by side with mem0), ``locomo``
+(LoCoMo evidence retrieval), ``lexical_options`` (how the lexical index was chosen),
+``extraction`` (fact extraction quality and speed per GGUF model) and ``all``
+(latency, recall, compare, locomo in turn; ``--quick`` is passed on to those that
+take it).
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+import time
 
 BENCHMARKS = {
-    "lexical_options": "benchmarks.lexical_options",
+    "latency": "benchmarks.latency",
+    "recall": "benchmarks.recall",
+    "compare": "benchmarks.compare_mem0",
     "locomo": "benchmarks.locomo",
+    "lexical_options": "benchmarks.lexical_options",
+    "extraction": "benchmarks.extraction",
 }
+ALL = ("latency", "recall", "compare", "locomo")
+TAKES_QUICK = {"latency", "recall", "compare"}
+
+
+def _run(name: str, argv: list[str]) -> int:
+    module = importlib.import_module(BENCHMARKS[name])
+    started = time.perf_counter()
+    print(f"== benchmark {name} {' '.join(argv)}", flush=True)
+    code = int(module.main(argv) or 0)
+    print(f"== {name} finished in {time.perf_counter() - started:.0f} s (exit {code})",
+          flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in BENCHMARKS:
-        print(f"usage: python -m benchmarks {{{','.join(sorted(BENCHMARKS))}}} [args]")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        print("each benchmark has its own --help")
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name == "all":
+        quick = ["--quick"] if "--quick" in rest else []
+        failed = [n for n in ALL if _run(n, quick if n in TAKES_QUICK else []) != 0]
+        if failed:
+            print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1 if failed else 0
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}; choose from {', '.join([*BENCHMARKS, 'all'])}",
+              file=sys.stderr)
         return 2
-    module = importlib.import_module(BENCHMARKS[args[0]])
-    return int(module.main(args[1:]) or 0)
+    return _run(name, rest)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ ran it: CPU, cores, memory, GPU, Python and library versions, git commit), ``con
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -188,10 +189,8 @@ class StageTimer:
 
     def restore(self) -> None:
         for obj, method in reversed(self._undo):
-            try:
+            with contextlib.suppress(AttributeError):
                 delattr(obj, method)
-            except AttributeError:
-                pass
         self._undo.clear()
 
 
@@ -233,7 +232,7 @@ def default_embedder_spec() -> str:
 
         if models.is_installed("minilm"):
             return "minilm"
-    except Exception:  # noqa: BLE001 - any manifest trouble: fall back to the package
+    except Exception:
         pass
     import importlib.util
 

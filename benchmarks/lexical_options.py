@@ -122,8 +122,16 @@ def _sql_bm25(docs: list[str], queries: list[str], inserts: int) -> dict[str, An
         terms, length = rows(i, text)
         term_rows += terms
         length_rows.append((i, length))
-    con.executemany("INSERT INTO terms VALUES (?, ?, ?)", term_rows)
-    con.executemany("INSERT INTO lengths VALUES (?, ?)", length_rows)
+    import pyarrow as pa
+
+    terms = pa.table({"doc": [r[0] for r in term_rows], "term": [r[1] for r in term_rows],
+                      "tf": pa.array([r[2] for r in term_rows], pa.int32())})
+    lengths = pa.table({"doc": [r[0] for r in length_rows],
+                        "len": pa.array([r[1] for r in length_rows], pa.int32())})
+    con.register("terms_table", terms)
+    con.register("lengths_table", lengths)
+    con.execute("INSERT INTO terms SELECT * FROM terms_table")
+    con.execute("INSERT INTO lengths SELECT * FROM lengths_table")
     build = time.perf_counter() - start
     times = []
     for i in range(inserts):

@@ -92,8 +92,12 @@ def sweep(data: Any, probes: Any, ms: list[int], efs: list[int], label: str,
 
 
 def choose_defaults(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """The (M, ef) with the lowest worst-dataset p50 among those reaching ``target``."""
+    """The (M, ef) with the lowest worst-dataset p50 among those reaching ``target``.
+
+    Only real-embedding datasets vote (synthetic vectors are reported, not chosen on).
+    """
     settings: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    rows = [r for r in rows if not r["dataset"].startswith("synthetic")] or rows
     for row in rows:
         settings.setdefault((row["m"], row["ef"]), []).append(row)
     datasets = {row["dataset"] for row in rows}

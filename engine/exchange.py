@@ -205,6 +205,7 @@ def import_jsonl(
             from exc
     for user in users:
         memory.index.invalidate(user)
+        memory.searcher.forget(user)  # the lexical index is a cache of the same facts
     if progress is not None:
         progress(len(facts))
     return {kind: len(records) for kind, records in groups.items()}

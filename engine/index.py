@@ -261,6 +261,21 @@ class VectorIndex:
         with self._lock:
             return self._get(user_id).search(vector, k, ef)
 
+    def vectors(self, user_id: str, ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """Stored vectors of those ``ids`` that are current in the user's index.
+
+        Hybrid search uses it to get the cosine of lexical-only candidates without a
+        DuckDB round trip. Returns the ids found (in the given order) and their rows.
+        """
+        import numpy as np
+
+        with self._lock:
+            index = self._get(user_id)
+            found = [int(i) for i in ids if int(i) in index.live]
+            if not found:
+                return [], np.zeros((0, self.dim), dtype=np.float32)
+            return found, np.asarray(index.index.get_items(found), dtype=np.float32)
+
     def size(self, user_id: str) -> int:
         with self._lock:
             return len(self._get(user_id).live)

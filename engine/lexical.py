@@ -1,25 +1,36 @@
 """Lexical retrieval: a per-user, in-memory BM25 inverted index kept in step with DuckDB.
 
-Why this and not the alternatives (measured with ``python -m benchmarks lexical_options``
-on LoCoMo turns replicated to 10k and 100k documents for one user, 2 shared cores;
-numbers in ``benchmarks/results/lexical_options.json``):
+Why this and not the alternatives: measured with ``python -m benchmarks lexical_options
+--sizes 10000,100000`` (LoCoMo turns repeated to 10k / 100k documents of one user,
+LoCoMo questions as queries, 2 shared cores; ``benchmarks/results/lexical_options.json``):
 
-* DuckDB ``fts`` (``duckdb-extension-fts``): good offline BM25, but ``PRAGMA
-  create_fts_index`` rebuilds the whole index; a memory engine writes after almost
-  every message, so each write (or the first search after it) paid a full rebuild
-  (about 0.3 s at 10k, 3 s at 100k) and one search was about 10-20 ms of SQL.
-* ``bm25s``: fast queries, but the index is a frozen sparse matrix, so every insert
-  means re-indexing the user's whole corpus; and it is one more dependency.
-* ``tantivy``: a real incremental engine, but commits/reloads cost milliseconds and
-  it keeps a second on-disk copy of every text beside DuckDB.
-* BM25 in SQL over a term table: incremental, but a search is a multi-join aggregate
-  costing several milliseconds at 100k rows.
+- this index:  build 0.3 s / 3.0 s; insert→searchable 0.08 / 0.26 ms; query p50 0.09 / 0.39 ms
+- DuckDB fts:   build 0.4 s / 3.3 s; insert→searchable (full rebuild) 329 / 2,927 ms;
+  query p50 16 / 91 ms
+- BM25 in SQL:  build 0.4 s / 4.9 s; insert 2.8 / 2.7 ms; query p50 14 / 132 ms
 
-This index costs microseconds per inserted document, answers in about 1 ms at 100k
-documents, needs nothing beyond numpy, and is a pure cache like the hnswlib index:
+(each pair: 10k / 100k documents)
+
+* DuckDB ``fts`` (``duckdb-extension-fts``, loaded offline from the package): good
+  BM25, but ``PRAGMA create_fts_index`` rebuilds the whole index, so in an engine
+  that writes after almost every message each write (or the first search after it)
+  pays a full rebuild, and even its queries are tens of milliseconds.
+* BM25 in SQL over a ``(doc, term, tf)`` table: incremental, but a query is a
+  multi-join aggregate over the postings: far over a 10 ms search budget at 100k.
+* ``bm25s`` (a frozen scipy sparse matrix: every insert re-indexes the user) and
+  ``tantivy`` (incremental, but a second on-disk copy of every text beside DuckDB and
+  a commit/reload per write) were not installed: neither is a dependency, and the
+  numbers above already leave the in-memory index the only option that is both
+  incremental and sub-millisecond. ``lexical_options`` measures bm25s when present.
+
+This index costs microseconds per inserted document, answers in well under 1 ms at
+100k documents, needs nothing beyond numpy, and is a pure cache like the hnswlib index:
 built lazily from DuckDB on first use, updated by :meth:`LexicalIndex.apply` with the
 same per-user *generation* the store bumps on every change, and dropped (rebuilt on
-the next search) when a generation is missed, so it is never stale.
+the next search) when a generation is missed, so it is never stale. It also keeps
+each current fact's text, source message, valid-from time and speaker-like metadata
+(:class:`Document`), so unfiltered hybrid search scores candidates and their
+neighbouring turns without SQL; that costs about the size of the texts in memory.
 """
 
 from __future__ import annotations
@@ -28,13 +39,16 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["BM25Params", "LexicalIndex", "STOPWORDS", "stem", "tokenize"]
+__all__ = ["BM25Params", "Document", "LexicalIndex", "LexicalScores", "STOPWORDS", "stem",
+           "tokenize"]
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 
@@ -93,6 +107,29 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+@dataclass(frozen=True)
+class Document:
+    """A current fact as the lexical index keeps it.
+
+    Besides the text it carries what hybrid fusion needs without a DuckDB round trip:
+    the source message (for neighbouring turns), the valid-from time and the
+    speaker-like metadata values (see :data:`engine.fusion.NAME_KEYS`).
+    """
+
+    fact_id: int
+    text: str
+    source_message_id: int | None = None
+    valid_from: datetime | None = None
+    names: Mapping[str, Any] = field(default_factory=dict)
+
+
+DocumentLike = Document | tuple[int, str]
+
+
+def _as_document(item: DocumentLike) -> Document:
+    return item if isinstance(item, Document) else Document(int(item[0]), str(item[1]))
+
+
 class BM25Params:
     """Okapi BM25 constants. ``k1``/``b`` were swept on the LoCoMo tuning split
     (k1 in 0.6..2.0, b in 0.3..0.9); short chat turns like a low ``b``."""
@@ -115,6 +152,8 @@ class _UserLexicon:
 
         self.slot_of: dict[int, int] = {}
         self.ids: list[int] = []
+        self.documents: list[Document] = []
+        self.by_source: dict[int, int] = {}  # source message id -> live slot
         self.lengths = np.zeros(256, dtype=np.float32)
         self.alive = np.zeros(256, dtype=bool)
         self.postings: dict[str, tuple[list[int], list[int]]] = {}
@@ -123,9 +162,10 @@ class _UserLexicon:
         self.count = 0
         self.generation = 0
 
-    def add(self, fact_id: int, text: str) -> None:
+    def add(self, document: Document) -> None:
         import numpy as np
 
+        fact_id, text = document.fact_id, document.text
         if fact_id in self.slot_of:
             return
         slot = len(self.ids)
@@ -135,7 +175,10 @@ class _UserLexicon:
             self.alive = np.resize(self.alive, grow)
             self.alive[slot:] = False
         self.ids.append(fact_id)
+        self.documents.append(document)
         self.slot_of[fact_id] = slot
+        if document.source_message_id is not None:
+            self.by_source[document.source_message_id] = slot
         counts: dict[str, int] = {}
         tokens = tokenize(text)
         for token in tokens:
@@ -154,6 +197,9 @@ class _UserLexicon:
         slot = self.slot_of.pop(fact_id, None)
         if slot is None or not self.alive[slot]:
             return
+        source = self.documents[slot].source_message_id
+        if source is not None and self.by_source.get(source) == slot:
+            del self.by_source[source]
         self.alive[slot] = False
         self.total_length -= float(self.lengths[slot])
         self.count -= 1
@@ -205,18 +251,29 @@ class LexicalScores:
         # append-only, so a write racing with this query can only hide new facts.
         self._ids = lexicon.ids
         self._slot_of = lexicon.slot_of
+        self._lexicon = lexicon
         self._scores = scores
 
     @classmethod
     def over(
-        cls, documents: Iterable[tuple[int, str]], query: str,
+        cls, documents: Iterable[DocumentLike], query: str,
         params: type[BM25Params] = BM25Params,
     ) -> LexicalScores:
         """Scores over an ad-hoc set of documents (point-in-time and filtered scans)."""
         lexicon = _UserLexicon()
-        for fact_id, text in documents:
-            lexicon.add(int(fact_id), text)
+        for document in documents:
+            lexicon.add(_as_document(document))
         return cls(lexicon, lexicon.scores(tokenize(query), params))
+
+    def document(self, fact_id: int) -> Document | None:
+        """The indexed document of a current fact, or None."""
+        slot = self._slot_of.get(int(fact_id))
+        return None if slot is None else self._lexicon.documents[slot]
+
+    def by_source(self, source_message_id: int) -> Document | None:
+        """The current fact stored from a given message, or None."""
+        slot = self._lexicon.by_source.get(source_message_id)
+        return None if slot is None else self._lexicon.documents[slot]
 
     def get(self, fact_id: int) -> float:
         """The score of one fact (0 when it does not match or is not indexed)."""
@@ -245,7 +302,8 @@ class LexicalScores:
 class LexicalIndex:
     """Per-user BM25 indexes over current facts: a cache rebuilt from the store.
 
-    ``load_documents(user_id)`` returns the user's current ``(id, text)`` pairs and
+    ``load_documents(user_id)`` returns the user's current facts (:class:`Document`
+    or ``(id, text)`` pairs) and
     ``store_generation(user_id)`` the store's generation for the user. Indexes are
     kept in an LRU of ``max_loaded`` users.
     """
@@ -253,7 +311,7 @@ class LexicalIndex:
     def __init__(
         self,
         *,
-        load_documents: Callable[[str], Iterable[tuple[int, str]]],
+        load_documents: Callable[[str], Iterable[DocumentLike]],
         store_generation: Callable[[str], int],
         max_loaded: int = 512,
         params: type[BM25Params] = BM25Params,
@@ -274,8 +332,8 @@ class LexicalIndex:
         # Generation first: a write landing between the two reads is re-applied
         # idempotently by apply(), never lost.
         lexicon.generation = self._store_generation(user_id)
-        for fact_id, text in self._load_documents(user_id):
-            lexicon.add(int(fact_id), text)
+        for document in self._load_documents(user_id):
+            lexicon.add(_as_document(document))
         self._loaded[user_id] = lexicon
         while len(self._loaded) > self._max_loaded:
             self._loaded.popitem(last=False)
@@ -291,7 +349,7 @@ class LexicalIndex:
         user_id: str,
         generation: int,
         *,
-        added: Sequence[tuple[int, str]] = (),
+        added: Sequence[DocumentLike] = (),
         removed: Sequence[int] = (),
     ) -> None:
         """Apply one committed store change (new generation) to a loaded index."""
@@ -306,8 +364,8 @@ class LexicalIndex:
                 return
             for fact_id in removed:
                 lexicon.remove(int(fact_id))
-            for fact_id, text in added:
-                lexicon.add(int(fact_id), text)
+            for document in added:
+                lexicon.add(_as_document(document))
             lexicon.generation = generation
 
     def scores(self, user_id: str, query: str) -> LexicalScores:

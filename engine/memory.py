@@ -36,7 +36,7 @@ from engine.maintain import apply_decisions
 from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, valid_at_sql
-from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
+from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash, id_list
 from engine.timeutil import TimeLike, now_utc, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
 from engine.validate import (
@@ -644,8 +644,6 @@ class Memory:
         if not event_ids:
             return []
         rows = self.store.query(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN (SELECT unnest(?::BIGINT[]))"
-            " ORDER BY id",
-            [event_ids],
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN {id_list(event_ids)} ORDER BY id",
         )
         return [event_from_row(row) for row in rows]

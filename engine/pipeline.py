@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.extract import Candidate, ExtractedFact, Extractor, Turn
 from engine.maintain import Decision, Ref
-from engine.store import CURRENT, Store, content_hash
+from engine.store import CURRENT, Store, content_hash, id_list
 
 if TYPE_CHECKING:
     from engine.embed import Embedder
@@ -64,9 +64,9 @@ def _stored_candidates(
     if not close:
         return []
     rows = store.query(
-        f"SELECT id, text, valid_from FROM facts WHERE id IN (SELECT unnest(?::BIGINT[]))"
+        f"SELECT id, text, valid_from FROM facts WHERE id IN {id_list(list(close))}"
         f" AND {CURRENT} AND agent_id IS NOT DISTINCT FROM ?",
-        [list(close), agent],
+        [agent],
     )
     found = [(int(r[0]), str(r[1]), r[2], close[int(r[0])]) for r in rows]
     return sorted(found, key=lambda c: -c[3])

@@ -37,13 +37,29 @@ if TYPE_CHECKING:
     import duckdb
     import numpy as np
 
-__all__ = ["FACT_COLUMNS", "NewFact", "Store", "content_hash"]
+__all__ = ["CURRENT", "FACT_COLUMNS", "NewFact", "Store", "content_hash", "id_list"]
 
 FACT_COLUMNS = (
     "id, text, user_id, agent_id, run_id, category, metadata, valid_from, valid_to, "
     "recorded_at, expired_at, superseded_by, lineage_id, source_message_id"
 )
 CURRENT = "valid_to IS NULL AND expired_at IS NULL"
+
+
+def id_list(ids: Sequence[int]) -> str:
+    """Ids as an inline SQL list, e.g. ``(1, 2, 3)``.
+
+    Binding a Python list as a parameter makes the duckdb client probe for
+    pandas once per element, which costs far more than the query itself; ints
+    are safe to inline.
+    """
+    return "(" + ", ".join(str(int(i)) for i in ids) + ")" if ids else "(NULL)"
+
+
+def _hex_literal(value: str) -> str:
+    if not value or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"not a content hash: {value!r}")
+    return f"'{value}'"
 
 
 def content_hash(text: str) -> str:
@@ -248,8 +264,7 @@ class Store:
         clauses = ["status = 'pending'", "mode = 'infer'"]
         params: list[Any] = []
         if ids is not None:
-            clauses.append("id IN (SELECT unnest(?::BIGINT[]))")
-            params.append(list(ids))
+            clauses.append(f"id IN {id_list(ids)}")
         if max_attempts is not None:
             clauses.append("attempts < ?")
             params.append(max_attempts)
@@ -269,8 +284,8 @@ class Store:
         with self.transaction() as con:
             con.execute(
                 "UPDATE messages SET status = ?, error = ?, attempts = attempts + ? "
-                "WHERE id IN (SELECT unnest(?::BIGINT[]))",
-                [status, error, 1 if count_attempt else 0, list(ids)],
+                f"WHERE id IN {id_list(ids)}",
+                [status, error, 1 if count_attempt else 0],
             )
 
     def _next_ids(self, sequence: str, count: int) -> list[int]:
@@ -365,8 +380,9 @@ class Store:
         rows = self.query(
             f"SELECT content_hash, min(id) FROM facts WHERE user_id = ? AND {CURRENT}"
             " AND agent_id IS NOT DISTINCT FROM ? AND run_id IS NOT DISTINCT FROM ?"
-            " AND content_hash IN (SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
-            [user_id, agent_id, run_id, list(set(hashes))],
+            f" AND content_hash IN ({', '.join(_hex_literal(h) for h in set(hashes))})"
+            " GROUP BY content_hash",
+            [user_id, agent_id, run_id],
         )
         return {str(h): int(i) for h, i in rows}
 
@@ -398,8 +414,7 @@ class Store:
 
         with self._lock:
             table = self._con.execute(
-                "SELECT id, embedding FROM facts WHERE id IN (SELECT unnest(?::BIGINT[]))",
-                [list(fact_ids)],
+                f"SELECT id, embedding FROM facts WHERE id IN {id_list(fact_ids)}",
             ).fetch_arrow_table()
         return _ids_and_matrix(table, self.dim, np)
 

@@ -5,11 +5,10 @@ The same story with a real GGUF lives in test_story_real_model.py."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from engine import Memory
 from engine.extract import ExtractedFact as F
 from engine.extract.scripted import ScriptedExtractor
 
@@ -37,7 +36,7 @@ def labels(new: str, old: str):  # type: ignore[no-untyped-def]
 
 
 def utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc)
+    return value.replace(tzinfo=UTC)
 
 
 @pytest.fixture
@@ -114,7 +113,7 @@ def test_late_information_does_not_overwrite_newer_facts(make_memory) -> None:  
     assert [f.text for f in memory.get_all("maria", as_of="2025-06-01")] == [
         "Maria lives in Lisbon city"]
     lisbon = memory.get(result.events[0].fact_id)
-    assert lisbon.valid_to == datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert lisbon.valid_to == datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def test_invented_aliases_are_ignored_and_logged(make_memory, caplog) -> None:  # type: ignore[no-untyped-def]

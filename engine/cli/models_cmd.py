@@ -162,7 +162,11 @@ def verify_cmd(names: tuple[str, ...]) -> None:
         click.echo(f"{name}: {message}" if ok else f"{name}: FAILED: {message}")
         failed += not ok
     if failed:
-        click.echo(f"{failed} model(s) failed verification", err=True)
+        click.echo(
+            f"{failed} model(s) failed verification; `memengine models install NAME` "
+            "re-assembles a model from its source packages",
+            err=True,
+        )
         sys.exit(1)
 
 
