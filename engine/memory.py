@@ -70,7 +70,8 @@ class Memory:
     ``extractor`` turns messages into facts when ``add`` infers: an
     :class:`~engine.extract.Extractor`, a GGUF model name or path for the
     built-in DSPy + llama.cpp extractor, or None for the default model (loaded
-    on first use). ``infer`` is the default of ``add(infer=...)``. With
+    on first use). ``infer`` is the default of ``add(infer=...)``: off until the
+    bundled small models extract reliably (see benchmarks/results/extraction.md). With
     ``process_pending`` (default), messages left unprocessed by an earlier
     process are extracted in the background after opening.
     """
@@ -85,7 +86,7 @@ class Memory:
         read_only: bool = False,
         actor: str = "api",
         extractor: Extractor | str | None = None,
-        infer: bool = True,
+        infer: bool = False,
         process_pending: bool = True,
     ) -> None:
         self.path = str(path) if path is not None else str(config.default_db_path())
@@ -167,8 +168,8 @@ class Memory:
 
         ``text_or_messages`` is a string, a message dict (``role``, ``content``,
         optional ``observed_at``, ``metadata``, ``name``) or a list of them.
-        With ``infer=True`` (the default unless the Memory was opened with
-        ``infer=False``) the messages are stored first, then the LM extracts
+        With ``infer=True`` (or a Memory opened with ``infer=True``) the
+        messages are stored first, then the LM extracts
         standalone facts, each is compared with the user's related facts, and
         the changes (added, superseded, duplicate...) are applied in one
         transaction and returned as events. ``wait=False`` returns as soon as

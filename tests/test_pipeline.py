@@ -205,3 +205,17 @@ def test_infer_false_still_available(story) -> None:  # type: ignore[no-untyped-
     memory, extractor = story
     result = memory.add("raw note", user_id="maria", infer=False)
     assert [e.kind for e in result.events] == ["ADD"] and extractor.extract_calls == []
+
+
+def test_an_lm_that_cannot_load_says_what_to_do_and_keeps_the_message(
+    make_memory, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    from engine import ModelError
+
+    memory = make_memory(extractor=str(tmp_path / "missing.gguf"), infer=True)
+    with pytest.raises(ModelError, match="stored and will be processed"):
+        memory.add(HELLO, user_id="maria")
+    status = memory.status()
+    assert status["pending_messages"] == 1
+    assert status["messages"][0]["attempts"] == 0  # a missing model is not the message's fault
+    assert "LM unavailable" in status["messages"][0]["error"]

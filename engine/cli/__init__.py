@@ -87,6 +87,7 @@ def open_memory(
             options.get("db"),
             embedder=options.get("embedder"),
             device=options.get("device"),
+            extractor=options.get("lm"),
             read_only=read_only,
             actor="cli",
             process_pending=process_pending,
@@ -153,8 +154,11 @@ def _event_rows(events: list[Any]) -> list[list[Any]]:
                    "sentence-transformers folder, or 'hashing' [default: minilm].")
 @click.option("--device", envvar="MEMENGINE_DEVICE", default="auto", show_default=True,
               help="Embedding device: auto, cpu, cuda...")
+@click.option("--lm", envvar="MEMENGINE_LM",
+              help="Extraction model for `add --infer`: a GGUF name from `memengine models "
+                   "list` or a .gguf path [env MEMENGINE_LM; default: the manifest's].")
 @click.version_option(package_name="memengine", prog_name="memengine")
-def cli(db: str | None, embedder: str | None, device: str) -> None:
+def cli(db: str | None, embedder: str | None, device: str, lm: str | None) -> None:
     """A local, offline memory for LLM applications.
 
     Remembers facts per user, finds the relevant ones for a query, and keeps
@@ -170,20 +174,22 @@ def cli(db: str | None, embedder: str | None, device: str) -> None:
 @click.option("--at", "observed_at", help="When it was said (ISO date/time) [default: now].")
 @click.option("--metadata", "-m", help='Metadata as JSON, e.g. \'{"source": "chat"}\'.')
 @click.option("--category", help="A category for the new facts (with --raw).")
-@click.option("--raw", is_flag=True,
-              help="Store each message as one fact as given, without the LM (fast bulk import).")
+@click.option("--infer", is_flag=True,
+              help="Let the local LM extract standalone facts and reconcile them with what is "
+                   "known (experimental: see benchmarks/results/extraction.md).")
 @click.option("--batch-size", default=256, show_default=True, help="Lines per batch with --file.")
 @json_option
 @click.pass_context
 def add(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str | None,
         text: str | None, file: Any, observed_at: str | None, metadata: str | None,
-        category: str | None, raw: bool, batch_size: int, as_json: bool) -> None:
+        category: str | None, infer: bool, batch_size: int, as_json: bool) -> None:
     """Remember TEXT (or every line of --file) for a user, and print what changed.
 
-    By default the local LM extracts standalone facts and reconciles them with
-    what is already known (added, superseded, duplicate...). With --raw each
-    message is stored as one fact as given. Messages are always stored first:
-    if extraction fails they stay pending (see `memengine status`).
+    Each message is stored as one fact as given (an exact duplicate of a current
+    fact only records where it was seen again). With --infer the local LM
+    extracts standalone facts and reconciles them with what is already known
+    (added, superseded, duplicate...); messages are always stored first, and if
+    extraction fails they stay pending (see `memengine status`).
     """
     if (text is None) == (file is None):
         raise click.UsageError("give TEXT or --file, not both and not neither")
@@ -202,7 +208,7 @@ def add(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str | No
             for batch in batches:
                 result = memory.add(batch, user_id=user_id, agent_id=agent_id, run_id=run_id,
                                     metadata=meta, observed_at=observed_at, category=category,
-                                    infer=not raw)
+                                    infer=infer)
                 events.extend(result.events)
                 for error in result.errors:
                     click.echo(f"warning: {len(result.pending)} message(s) kept pending: {error}",
@@ -425,13 +431,15 @@ def demo(ctx: click.Context, keep: bool) -> None:
         run_demo(path, embedder=options.get("embedder"), echo=click.echo, fresh=not keep)
 
 
-def _register_models() -> None:
+def _register_subcommands() -> None:
+    from engine.cli.lm_cmd import serve_lm
     from engine.cli.models_cmd import models
 
     cli.add_command(models)
+    cli.add_command(serve_lm)
 
 
-_register_models()
+_register_subcommands()
 
 
 def main() -> None:

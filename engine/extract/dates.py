@@ -1,0 +1,124 @@
+"""Relative date expressions resolved against the observation date, in code.
+
+Small models are poor at calendar arithmetic ("next week" said on 2024-06-12). The
+extractor finds the relative expressions in the messages and gives the model their
+dates as hints ("next week = 2024-06-17"), so the model only has to copy one. English
+only; other languages get no hints (the model still sees the observation date).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import date, timedelta
+
+__all__ = ["date_hints", "resolve_relative"]
+
+_WEEKDAYS = {name.lower(): i for i, name in enumerate(calendar.day_name)}
+_MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
+_NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+            "seven": 7, "eight": 8, "nine": 9, "ten": 10, "couple of": 2, "few": 3}
+_NUM = r"(\d+|an?|one|two|three|four|five|six|seven|eight|nine|ten|couple of|few)"
+_DAY = "|".join(_WEEKDAYS)
+_MONTH = "|".join(_MONTHS)
+
+_PATTERNS = [
+    r"\b(today|tonight|tomorrow|yesterday|the day after tomorrow|the day before yesterday)\b",
+    rf"\b(next|last|this) (week|weekend|month|year|{_DAY}|{_MONTH})\b",
+    rf"\b(in|within) {_NUM} (days?|weeks?|months?|years?)\b",
+    rf"\b{_NUM} (days?|weeks?|months?|years?) ago\b",
+    rf"\b(on|this coming) ({_DAY})\b",
+    rf"\b(since|in|from|until|by) ({_MONTH})\b",
+]
+_RE = re.compile("|".join(f"(?:{p})" for p in _PATTERNS), re.IGNORECASE)
+
+
+def _add_months(d: date, months: int) -> date:
+    month = d.month - 1 + months
+    year = d.year + month // 12
+    month = month % 12 + 1
+    return date(year, month, min(d.day, calendar.monthrange(year, month)[1]))
+
+
+def _count(word: str) -> int:
+    return int(word) if word.isdigit() else _NUMBERS[word]
+
+
+def resolve_relative(expr: str, today: date) -> date | None:
+    """The date an English relative expression names, said on ``today`` (None if unknown).
+
+    Weeks start on Monday ("next week" is next Monday); a month or year means its first
+    day; a bare month name ("in May") is the next such month, "since May" the last one.
+    """
+    e = " ".join(expr.lower().split())
+    simple = {"today": 0, "tonight": 0, "tomorrow": 1, "yesterday": -1,
+              "the day after tomorrow": 2, "the day before yesterday": -2}
+    if e in simple:
+        return today + timedelta(days=simple[e])
+    m = re.fullmatch(rf"(in|within) {_NUM} (day|week|month|year)s?", e)
+    if m or (m := re.fullmatch(rf"{_NUM} (day|week|month|year)s? ago", e)):
+        groups = m.groups()
+        n, unit = (_count(groups[-2]), groups[-1])
+        sign = -1 if e.endswith("ago") else 1
+        if unit == "day":
+            return today + timedelta(days=sign * n)
+        if unit == "week":
+            return today + timedelta(weeks=sign * n)
+        return _add_months(today, sign * n * (12 if unit == "year" else 1))
+    m = re.fullmatch(r"(next|last|this|on|this coming|since|in|from|until|by) (\w+)", e)
+    if not m:
+        return None
+    which, what = m.groups()
+    monday = today - timedelta(days=today.weekday())
+    if what in ("week", "weekend"):
+        start = monday + timedelta(days=5 if what == "weekend" else 0)
+        shift = {"next": 7, "last": -7, "this": 0}.get(which)
+        return None if shift is None else start + timedelta(days=shift)
+    if what == "month":
+        first = today.replace(day=1)
+        shift = {"next": 1, "last": -1, "this": 0}.get(which)
+        return None if shift is None else _add_months(first, shift)
+    if what == "year":
+        shift = {"next": 1, "last": -1, "this": 0}.get(which)
+        return None if shift is None else date(today.year + shift, 1, 1)
+    if what in _WEEKDAYS:
+        delta = (_WEEKDAYS[what] - today.weekday()) % 7
+        if which == "last":
+            return today - timedelta(days=(today.weekday() - _WEEKDAYS[what]) % 7 or 7)
+        if which == "next":
+            return today + timedelta(days=delta or 7)
+        return today + timedelta(days=delta)
+    if what in _MONTHS:
+        month = _MONTHS[what]
+        if which in ("last", "since"):
+            year = today.year if month < today.month else today.year - 1
+            if which == "since" and month == today.month:
+                year = today.year
+        elif which == "this":
+            year = today.year
+        else:  # next, in, from, until, by: the next time that month comes
+            year = today.year if month > today.month else today.year + 1
+            if which != "next" and month == today.month:
+                year = today.year
+        return date(year, month, 1)
+    return None
+
+
+def date_hints(text: str, today: date) -> str:
+    """Lines ``"<expression> = YYYY-MM-DD"`` for each relative expression in ``text``
+    (``"in january = 2024-01-01 if past, 2025-01-01 if future"`` when the tense decides)."""
+    seen: dict[str, str] = {}
+    for match in _RE.finditer(text):
+        expr = " ".join(match.group(0).lower().split())
+        if expr in seen:
+            continue
+        resolved = resolve_relative(expr, today)
+        if resolved is None:
+            continue
+        seen[expr] = resolved.isoformat()
+        month_only = re.fullmatch(rf"(in|from|until|by) ({_MONTH})", expr)
+        if month_only and resolved.month != today.month:
+            # "in January" is past or future depending on the tense: give both.
+            other = resolved.replace(year=resolved.year - 1)
+            seen[expr] = f"{other.isoformat()} if past, {resolved.isoformat()} if future"
+    return "\n".join(f"{k} = {v}" for k, v in seen.items()) or "none"

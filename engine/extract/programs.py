@@ -1,0 +1,417 @@
+"""DSPy programs that extract facts and label candidates, over a local GGUF.
+
+Two typed Signatures (DSPy style: the docstring is the instruction, fields are typed):
+:class:`ExtractFacts` and :class:`ResolveFact`. :class:`DspyExtractor` runs them with
+DSPy's ``JSONAdapter`` through :class:`engine.lm.LlamaCppEngine` (or any engine), so
+the output is constrained by a JSON schema built from the output fields; it then
+validates what comes back, retries a bounded number of times, and raises
+:class:`~engine.errors.ExtractionError` when the model still fails.
+
+A compiled program (few-shot demos chosen by a DSPy optimizer) ships as
+``engine/extract/compiled/<model name>.json`` and is loaded when present.
+
+DSPy is imported lazily (``import engine`` stays light): the Signatures live in
+:mod:`engine.extract.signatures`, imported on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from engine.errors import EngineError, ExtractionError, ModelError
+from engine.extract import LABELS, Candidate, ExtractedFact, Label, Turn
+from engine.extract.dates import date_hints
+
+if TYPE_CHECKING:
+    import dspy
+
+__all__ = [
+    "CATEGORIES",
+    "COMPILED_DIR",
+    "DspyExtractor",
+    "compiled_program_path",
+    "format_candidates",
+    "format_conversation",
+    "signatures",
+]
+
+log = logging.getLogger(__name__)
+
+COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
+
+CATEGORIES = ("preference", "person", "place", "work", "health", "plan", "event",
+              "possession", "other")
+_USER_WORDS = {"user", "the user", "me", "i", "myself", "speaker", "you"}
+_MAX_FACTS = 8
+
+
+def signatures() -> Any:
+    """The module of DSPy classes (``ExtractFacts``, ``ResolveFact``, ``FactProgram``...),
+    imported on first use because it imports DSPy."""
+    from engine.lm import import_dspy
+
+    import_dspy()
+    from engine.extract import signatures as module
+
+    return module
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def _speaker(turn: Turn) -> str:
+    if turn.name:
+        return turn.name
+    return {"user": "User", "assistant": "Assistant"}.get(turn.role, turn.role.title())
+
+
+def format_conversation(turns: Sequence[Turn]) -> tuple[str, str, str]:
+    """``(observation_date, date_hints, conversation)`` as the ExtractFacts inputs.
+
+    The observation date is the last turn's; turns from other days carry their date.
+    """
+    last = turns[-1].observed_at.date()
+    lines = []
+    for turn in turns:
+        day = turn.observed_at.date()
+        prefix = f"[{day.isoformat()}] " if day != last else ""
+        lines.append(f"{prefix}{_speaker(turn)}: {' '.join(turn.content.split())}")
+    hints = date_hints(" ".join(t.content for t in turns), last)
+    return f"{last.isoformat()} ({last.strftime('%A')})", hints, "\n".join(lines)
+
+
+def format_candidates(candidates: Sequence[Candidate]) -> str:
+    """Stored facts as ``"alias: text (since YYYY-MM-DD)"`` lines."""
+    return "\n".join(f"{c.alias}: {c.text} (since {c.valid_from.date().isoformat()})"
+                     for c in candidates)
+
+
+def _chunks(turns: Sequence[Turn], max_chars: int) -> Iterator[list[Turn]]:
+    """Consecutive groups of turns whose text fits ``max_chars``; a longer turn is cut
+    at sentence ends (or hard, as a last resort) into several turns."""
+    pieces: list[Turn] = []
+    for turn in turns:
+        if len(turn.content) <= max_chars:
+            pieces.append(turn)
+            continue
+        part = ""
+        for sentence in re.split(r"(?<=[.!?])\s+", turn.content):
+            while len(sentence) > max_chars:
+                pieces.append(Turn(turn.role, sentence[:max_chars], turn.observed_at, turn.name))
+                sentence = sentence[max_chars:]
+            if part and len(part) + 1 + len(sentence) > max_chars:
+                pieces.append(Turn(turn.role, part, turn.observed_at, turn.name))
+                part = ""
+            part = f"{part} {sentence}".strip()
+        if part:
+            pieces.append(Turn(turn.role, part, turn.observed_at, turn.name))
+    group: list[Turn] = []
+    size = 0
+    for piece in pieces:
+        if group and size + len(piece.content) > max_chars:
+            yield group
+            group, size = [], 0
+        group.append(piece)
+        size += len(piece.content)
+    if group:
+        yield group
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+class _InvalidAnswerError(Exception):
+    """An answer that parsed but breaks the contract (retried)."""
+
+
+def _field(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _parse_date(value: Any) -> datetime | None:
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(text[:10]), datetime.min.time())
+    except ValueError as exc:
+        raise _InvalidAnswerError(f"valid_from {text!r} is not a calendar date") from exc
+
+
+def _facts_from(items: Any, user_names: set[str], observed: date) -> list[ExtractedFact]:
+    if not isinstance(items, list):
+        raise _InvalidAnswerError(f"facts is {type(items).__name__}, not a list")
+    out: list[ExtractedFact] = []
+    seen: set[str] = set()
+    for item in items:
+        text = " ".join(str(_field(item, "text") or "").split())
+        if len(text) < 3:
+            raise _InvalidAnswerError(f"fact text {text!r} is empty or too short")
+        category = str(_field(item, "category") or "other")
+        if category not in CATEGORIES:
+            raise _InvalidAnswerError(f"unknown category {category!r}")
+        about = " ".join(str(_field(item, "about") or "user").split())
+        if about.lower() in _USER_WORDS or about.lower() in user_names:
+            about = "user"
+        key = text.lower().rstrip(".")
+        if key in seen:
+            continue
+        seen.add(key)
+        valid_from = _parse_date(_field(item, "valid_from"))
+        if valid_from is not None and valid_from.date() == observed:
+            valid_from = None  # "from the day it was said" is what None already means
+        out.append(ExtractedFact(text=text, category=category, about=about,
+                                 valid_from=valid_from))
+    return out
+
+
+def _parse_facts(prediction: Any, *, user_names: set[str], observed: date) -> list[ExtractedFact]:
+    return _facts_from(prediction["facts"], user_names, observed)
+
+
+def _parse_relation(prediction: Any) -> Label:
+    label = prediction["relation"]
+    if label not in LABELS:
+        raise _InvalidAnswerError(f"unknown relation {label!r}")
+    return cast(Label, label)
+
+
+def _labels_from(items: Any, offered: set[int]) -> dict[int, Label]:
+    if not isinstance(items, list):
+        raise _InvalidAnswerError(f"labels is {type(items).__name__}, not a list")
+    out: dict[int, Label] = {}
+    for item in items:
+        alias, label = _field(item, "alias"), _field(item, "label")
+        if label not in LABELS:
+            raise _InvalidAnswerError(f"unknown label {label!r}")
+        try:
+            alias = int(alias)
+        except (TypeError, ValueError) as exc:
+            raise _InvalidAnswerError(f"alias {alias!r} is not an integer") from exc
+        if alias not in offered:
+            log.warning("resolver answered for alias %s, which was not offered; ignored", alias)
+            continue
+        out.setdefault(alias, cast(Label, label))
+    return out
+
+
+# ----------------------------------------------------------------------------- extractor
+
+
+def compiled_program_path(model_name: str) -> Path | None:
+    """The compiled program shipped for ``model_name``, if there is one."""
+    path = COMPILED_DIR / f"{model_name}.json"
+    return path if path.is_file() else None
+
+
+class DspyExtractor:
+    """The LM-backed :class:`~engine.extract.Extractor`: DSPy programs over llama.cpp.
+
+    ``model`` is a manifest name or a GGUF path (None: the manifest's default LM); the
+    GGUF loads on first use. Tests and servers can instead pass ``lm`` (a ``dspy.LM``) or
+    ``engine`` (any DSPy engine object, e.g. :class:`engine.lm.LlamaServerEngine`).
+    ``program`` is a compiled program JSON: None loads ``compiled/<model name>.json`` when
+    it exists, False uses the zero-shot program. A failed or invalid answer is retried
+    ``retries`` times (at a small temperature), then :class:`ExtractionError` is raised.
+    Input longer than ``max_chunk_chars`` is extracted chunk by chunk. ``resolve_mode``
+    "batch" labels all candidates in one call (by alias); "pairwise" makes one short call
+    per candidate (no aliases for the model to invent).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        n_threads: int | None = None,
+        n_ctx: int = 4096,
+        lm: dspy.LM | None = None,
+        engine: Any = None,
+        program: str | Path | Literal[False] | None = None,
+        retries: int = 2,
+        max_tokens: int = 384,
+        max_chunk_chars: int = 1500,
+        resolve_mode: Literal["batch", "pairwise"] = "batch",
+    ) -> None:
+        if resolve_mode not in ("batch", "pairwise"):
+            raise ValueError(f"resolve_mode must be 'batch' or 'pairwise', not {resolve_mode!r}")
+        self.resolve_mode = resolve_mode
+        self.max_tokens = max_tokens
+        self.retries = max(0, retries)
+        self.max_chunk_chars = max_chunk_chars
+        self.model_name, self._lm, self._engine = self._build_lm(model, n_threads, n_ctx,
+                                                                 lm, engine)
+        self.program = signatures().FactProgram()
+        if program is None:
+            program = compiled_program_path(self.model_name) or False
+        self.program_tag = "zero-shot"
+        if program is not False:
+            self.load_program(program)
+        from engine.lm import schema_adapter
+
+        self._adapter = schema_adapter()
+
+    def _build_lm(self, model: str | Path | None, n_threads: int | None, n_ctx: int,
+                  lm: Any, engine: Any) -> tuple[str, Any, Any]:
+        from engine.lm import LlamaCppEngine, make_lm
+
+        if lm is not None:
+            return str(getattr(lm, "model", "lm")).split("/")[-1], lm, getattr(lm, "engine", None)
+        if engine is not None:
+            return str(getattr(engine, "name", "engine")), make_lm(
+                engine, max_tokens=self.max_tokens), engine
+        from engine import models
+
+        if model is None:
+            model = models.default_model("lm").name
+        path, name = self._resolve(model)
+        engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, name=name,
+                                max_tokens=self.max_tokens)
+        return name, make_lm(engine, max_tokens=self.max_tokens), engine
+
+    @staticmethod
+    def _resolve(model: str | Path) -> tuple[Path, str]:
+        from engine import models
+
+        text = str(model)
+        looks_like_path = isinstance(model, Path) or text.endswith(".gguf") or "/" in text
+        if looks_like_path:
+            from engine.lm import check_gguf
+
+            path = check_gguf(text)
+            return path, path.stem
+        try:
+            return models.resolve_model_path(text, "gguf"), text
+        except ModelError:
+            raise
+        except EngineError as exc:  # pragma: no cover - defensive: keep one error family
+            raise ModelError(str(exc)) from exc
+
+    def load_program(self, path: str | Path) -> None:
+        """Load a compiled program (demos, instructions) saved by ``program.save``.
+
+        Predictors the file does not mention keep their zero-shot state, so a program
+        compiled before a predictor was added still loads.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise ModelError(f"compiled program not found: {p}")
+        try:
+            state = json.loads(p.read_text())
+            for name, predictor in self.program.named_predictors():
+                if name in state:
+                    predictor.load_state(state[name])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise ModelError(f"cannot load the compiled program {p}: {exc}") from exc
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:8]
+        self.program_tag = f"{p.stem}@{digest}"
+
+    @property
+    def identity(self) -> str:
+        """``dspy/<model>/<program>``: recorded as the actor of the events it causes."""
+        return f"dspy/{self.model_name}/{self.program_tag}"
+
+    @property
+    def lm(self) -> Any:
+        """The ``dspy.LM`` the programs run on."""
+        return self._lm
+
+    @property
+    def engine(self) -> Any:
+        """The engine under the LM (None when a bare ``dspy.LM`` was given)."""
+        return self._engine
+
+    # -- calls
+
+    def _call(self, predictor: Any, inputs: dict[str, Any], parse: Any) -> Any:
+        """Run ``predictor`` and ``parse`` its prediction, retrying invalid answers."""
+        from pydantic import ValidationError
+
+        from engine.lm import import_dspy
+
+        dspy = import_dspy()
+        from dspy.utils.exceptions import AdapterParseError
+
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            config: dict[str, Any] = {"max_tokens": self.max_tokens}
+            if attempt:
+                config.update(temperature=min(0.2 * attempt, 1.0), seed=attempt)
+            try:
+                with dspy.context(lm=self._lm, adapter=self._adapter):
+                    prediction = predictor(**inputs, config=config)
+                return parse(prediction)
+            except (AdapterParseError, ValidationError, _InvalidAnswerError) as exc:
+                last = exc
+                log.info("invalid answer from %s (attempt %d): %s", self.identity,
+                         attempt + 1, str(exc)[:300])
+            except ModelError:
+                raise
+            except Exception as exc:
+                # DSPy wraps engine failures in its own LMError family; anything else is a
+                # bug in a program or an engine, reported as an extraction failure.
+                raise ExtractionError(f"{self.identity}: the LM call failed: {exc}") from exc
+        raise ExtractionError(
+            f"{self.identity}: no valid answer after {self.retries + 1} attempts: {last}"
+        ) from last
+
+    def extract(self, turns: list[Turn]) -> list[ExtractedFact]:
+        """Standalone facts stated in ``turns`` (empty for chit-chat)."""
+        if not turns:
+            return []
+        user_names = {t.name.lower() for t in turns if t.role == "user" and t.name}
+        facts: list[ExtractedFact] = []
+        seen: set[str] = set()
+        for chunk in _chunks(turns, self.max_chunk_chars):
+            observed, hints, conversation = format_conversation(chunk)
+            day = chunk[-1].observed_at.date()
+            found = self._call(
+                self.program.extract,
+                {"observation_date": observed, "date_hints": hints,
+                 "conversation": conversation},
+                functools.partial(_parse_facts, user_names=user_names, observed=day),
+            )
+            for fact in found:
+                if fact.text.lower() not in seen:
+                    seen.add(fact.text.lower())
+                    facts.append(fact)
+        return facts[: _MAX_FACTS * 4]
+
+    def resolve(self, fact: ExtractedFact, candidates: list[Candidate]) -> dict[int, Label]:
+        """How ``fact`` relates to each candidate, keyed by alias (missing: unrelated)."""
+        if not candidates:
+            return {}
+        if self.resolve_mode == "pairwise":
+            return {c.alias: self._relate(fact, c) for c in candidates}
+        offered = {c.alias for c in candidates}
+        return cast(dict[int, Label], self._call(
+            self.program.resolve,
+            {"new_fact": fact.text, "stored_facts": format_candidates(candidates)},
+            lambda p: _labels_from(p["labels"], offered),
+        ))
+
+    def _relate(self, fact: ExtractedFact, candidate: Candidate) -> Label:
+        since = candidate.valid_from.date().isoformat()
+        return cast(Label, self._call(
+            self.program.relate,
+            {"stored_fact": f"{candidate.text} (since {since})", "new_fact": fact.text},
+            _parse_relation,
+        ))
+
+    def close(self) -> None:
+        """Free the model (when this extractor built it)."""
+        if self._engine is not None and hasattr(self._engine, "close"):
+            self._engine.close()
+
+    def __enter__(self) -> DspyExtractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
