@@ -80,6 +80,11 @@ class SearchRequest:
     mode: str = "hybrid"
 
 
+def _time_sql(as_of: datetime | None) -> tuple[str, list[Any]]:
+    """The predicate for current facts, or for versions valid at ``as_of``."""
+    return (CURRENT, []) if as_of is None else (valid_at_sql(), [as_of, as_of])
+
+
 def _scope_sql(request: SearchRequest) -> tuple[str, list[Any]]:
     clauses = ["user_id = ?"]
     params: list[Any] = [request.user_id]
@@ -413,10 +418,7 @@ class Searcher:
         import numpy as np
 
         scope_sql, params = _scope_sql(request)
-        if as_of is None:
-            time_sql, time_params = CURRENT, []
-        else:
-            time_sql, time_params = valid_at_sql(), [as_of, as_of]
+        time_sql, time_params = _time_sql(as_of)
         rows = self.store.query(
             f"SELECT id, text, metadata, agent_id, run_id, category,"
             f" array_inner_product(embedding, {_vector_sql(vector, self.store.dim)}) FROM facts"
@@ -468,10 +470,7 @@ class Searcher:
         self, request: SearchRequest, vector: np.ndarray, *, as_of: datetime | None
     ) -> list[SearchHit]:
         scope_sql, params = _scope_sql(request)
-        if as_of is None:
-            time_sql, time_params = CURRENT, []
-        else:
-            time_sql, time_params = valid_at_sql(), [as_of, as_of]
+        time_sql, time_params = _time_sql(as_of)
         rows = self.store.query(
             f"SELECT {FACT_COLUMNS}, array_inner_product(embedding,"
             f" {_vector_sql(vector, self.store.dim)}) AS sim FROM facts"
