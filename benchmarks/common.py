@@ -275,6 +275,20 @@ def plot_path(name: str, out_dir: Path | None = None) -> Path:
     return out / f"{name}.png"
 
 
+def save_plot(fig: Any, name: str, out_dir: Path | None = None) -> Path:
+    """Lay out, write ``<name>.png`` into the results folder, and close the figure."""
+    fig.tight_layout()
+    path = plot_path(name, out_dir)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def args_config(args: Any) -> dict[str, Any]:
+    """Parsed command-line arguments as a JSON-ready dict (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def pyplot() -> Any:
     """matplotlib's pyplot with the non-interactive Agg backend."""
     import matplotlib

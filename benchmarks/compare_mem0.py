@@ -25,11 +25,12 @@ from typing import Any
 from benchmarks import facts as factgen
 from benchmarks.common import (
     Stopwatch,
+    args_config,
     default_embedder_spec,
     percentiles,
-    plot_path,
     progress,
     pyplot,
+    save_plot,
     scratch_dir,
     write_results,
 )
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return args_config(args)
 
 
 def plot(results: dict[str, Any], out_dir: Path | None = None) -> Path:
@@ -214,11 +215,7 @@ def plot(results: dict[str, Any], out_dir: Path | None = None) -> Path:
         ax.grid(alpha=0.3, axis="y")
         ax.legend()
     fig.suptitle("memengine vs mem0, same MiniLM, same facts and queries, same machine")
-    fig.tight_layout()
-    path = plot_path("compare", out_dir)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_plot(fig, "compare", out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

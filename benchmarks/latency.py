@@ -25,13 +25,14 @@ from benchmarks import facts as factgen
 from benchmarks.common import (
     StageTimer,
     Stopwatch,
+    args_config,
     default_embedder_spec,
     dir_size,
     percentiles,
-    plot_path,
     progress,
     pyplot,
     rss_mb,
+    save_plot,
     scratch_dir,
     write_results,
 )
@@ -412,10 +413,7 @@ def plot(results: dict[str, Any], out_dir: Path | None = None) -> list[Path]:
     right.set_ylabel("median ms per stage")
     right.set_title("Where a search spends its time (p50 of each stage)")
     right.legend()
-    fig.tight_layout()
-    first = plot_path("latency", out_dir)
-    fig.savefig(first, dpi=110)
-    plt.close(fig)
+    first = save_plot(fig, "latency", out_dir)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
@@ -429,17 +427,14 @@ def plot(results: dict[str, Any], out_dir: Path | None = None) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    second = plot_path("latency_ingest", out_dir)
-    fig.savefig(second, dpi=110)
-    plt.close(fig)
+    second = save_plot(fig, "latency_ingest", out_dir)
     return [first, second]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     results = run(args)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = args_config(args)
     path = write_results("latency", config, results, args.out)
     print(f"wrote {path}")
     if not args.no_plots:

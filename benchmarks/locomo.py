@@ -36,9 +36,9 @@ from benchmarks.common import (
     RESULTS_DIR,
     default_embedder_spec,
     percentiles,
-    plot_path,
     progress,
     pyplot,
+    save_plot,
     scratch_dir,
     write_results,
 )
@@ -277,10 +277,7 @@ def _plot(results: dict[str, Any], name: str) -> Path:
         ax.set_ylim(0, 1)
         ax.set_title(f"LoCoMo evidence recall@10 ({split})")
         ax.legend()
-    fig.tight_layout()
-    path = plot_path(name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_plot(fig, name)
     return path
 
 

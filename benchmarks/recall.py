@@ -18,11 +18,12 @@ from typing import Any
 from benchmarks import facts as factgen
 from benchmarks.common import (
     Stopwatch,
+    args_config,
     default_embedder_spec,
     percentiles,
-    plot_path,
     progress,
     pyplot,
+    save_plot,
     write_results,
 )
 from benchmarks.latency import exact_top_k, synthetic_vectors
@@ -168,17 +169,14 @@ def plot(results: dict[str, Any], out_dir: Path | None = None) -> Path:
         ax.set_title(f"{dataset} (n={rows[0]['n']:,})")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = plot_path("recall", out_dir)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_plot(fig, "recall", out_dir)
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     results = run(args)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = args_config(args)
     path = write_results("recall", config, results, args.out)
     print(f"wrote {path}")
     if not args.no_plots:
