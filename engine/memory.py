@@ -43,6 +43,7 @@ from engine.validate import (
     InputMessage,
     check_fact_id,
     check_k,
+    check_limit,
     check_metadata,
     check_scope,
     check_text,
@@ -484,7 +485,7 @@ class Memory:
             clauses.append(CURRENT)
         sql = f"SELECT {FACT_COLUMNS} FROM facts WHERE {' AND '.join(clauses)} ORDER BY id"
         if limit is not None:
-            sql += f" LIMIT {check_k(limit) if limit <= 1000 else int(limit)}"
+            sql += f" LIMIT {check_limit(limit)}"
         return [fact_from_row(row) for row in self.store.query(sql, params)]
 
     def known_at(
@@ -547,7 +548,7 @@ class Memory:
         where = " AND ".join(clauses)
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY occurred_at, id"
         if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+            sql += f" LIMIT {check_limit(limit)}"
         return [event_from_row(row) for row in self.store.query(sql, params)]
 
     def search(

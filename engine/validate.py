@@ -12,8 +12,8 @@ from engine.config import MAX_TEXT_CHARS
 from engine.errors import InvalidInputError, ScopeRequiredError
 from engine.timeutil import TimeLike, to_storage
 
-__all__ = ["InputMessage", "check_fact_id", "check_k", "check_metadata", "check_scope",
-           "check_text", "normalise_messages"]
+__all__ = ["InputMessage", "check_fact_id", "check_k", "check_limit", "check_metadata",
+           "check_scope", "check_text", "normalise_messages"]
 
 MAX_ID_CHARS = 256
 ROLES = ("user", "assistant", "system", "tool")
@@ -85,6 +85,13 @@ def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
         raise InvalidInputError(f"k must be an integer from 1 to 1000, got {k!r}")
     return k
+
+
+def check_limit(limit: Any) -> int:
+    """A positive integer row limit."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
+    return limit
 
 
 def check_fact_id(fact_id: Any) -> int:
