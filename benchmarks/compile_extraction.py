@@ -6,7 +6,9 @@
 Optimizer: DSPy's ``LabeledFewShot`` inside a random search (what
 ``BootstrapFewShotWithRandomSearch`` does, without its bootstrapped traces): each of
 ``--candidates`` programs gets ``--demos`` gold examples sampled from a *demo pool* (two
-thirds of the train split), is scored with ``dspy.Evaluate`` on the other third (the
+thirds of the train split; for extraction the sample is stratified so every candidate
+shows one chit-chat case answered with an empty list and one change of mind with its
+``replaces``), is scored with ``dspy.Evaluate`` on the other third (the
 *validation* part, never used as demos), and the best candidate (or the zero-shot
 program, if no candidate beats it) wins, per predictor. Gold demos are exact
 (hand-written); bootstrapping from the model's own traces would only copy a 0.5B
@@ -29,16 +31,17 @@ from benchmarks.extraction import Matcher, candidates_of, load_cases, match, tur
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def _examples(cases: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+def _examples(cases: list[dict[str, Any]]) -> tuple[list[Any], list[Any], list[Any]]:
     from engine.extract.programs import format_candidates, format_conversation
     from engine.lm import import_dspy
 
     dspy = import_dspy()
-    extract, resolve = [], []
+    extract, resolve, relate = [], [], []
     for case in cases:
         if case["kind"] == "extract":
             observed, hints, conversation = format_conversation(turns_of(case))
-            facts = [{"text": f["text"], "category": f["category"], "about": f["about"],
+            facts = [{"text": f["text"], "replaces": f.get("replaces") or "",
+                      "category": f["category"], "about": f["about"],
                       "valid_from": f["valid_from"] or ""} for f in case["facts"]]
             extract.append(dspy.Example(observation_date=observed, date_hints=hints,
                                         conversation=conversation, facts=facts)
@@ -48,7 +51,28 @@ def _examples(cases: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
             resolve.append(dspy.Example(new_fact=case["new_fact"],
                                         stored_facts=format_candidates(candidates_of(case)),
                                         labels=labels).with_inputs("new_fact", "stored_facts"))
-    return extract, resolve
+            for candidate, label in zip(candidates_of(case), case["labels"], strict=True):
+                since = candidate.valid_from.date().isoformat()
+                relate.append(dspy.Example(stored_fact=f"{candidate.text} (since {since})",
+                                           new_fact=case["new_fact"], relation=label)
+                              .with_inputs("stored_fact", "new_fact"))
+    return extract, resolve, relate
+
+
+def _stratified(pool: list[Any], k: int, rng: random.Random) -> list[Any]:
+    """``k`` demos from ``pool``: one chit-chat, one change of mind, the rest at random."""
+    def kind(example: Any) -> str:
+        if not example.facts:
+            return "chat"
+        return "change" if any(f["replaces"] for f in example.facts) else "other"
+
+    picked = [rng.choice([e for e in pool if kind(e) == want]) for want in ("chat", "change")
+              if any(kind(e) == want for e in pool)][:k]
+    rest = [e for e in pool if e not in picked]
+    rng.shuffle(rest)
+    demos = picked + rest[: k - len(picked)]
+    rng.shuffle(demos)
+    return demos
 
 
 def _field(item: Any, name: str) -> Any:
@@ -63,20 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--predictors", default="extract,resolve,relate",
+                        help="which predictors to compile (the others keep --base's state)")
+    parser.add_argument("--base", default=None,
+                        help="a compiled program to start from (default: zero-shot)")
     args = parser.parse_args(argv)
 
     from engine.extract.programs import COMPILED_DIR, DspyExtractor
     from engine.lm import import_dspy, schema_adapter
 
     dspy = import_dspy()
-    extractor = DspyExtractor(args.model, n_threads=args.threads, program=False)
+    extractor = DspyExtractor(args.model, n_threads=args.threads,
+                              program=args.base or False)
     matcher = Matcher()
-    ex_all, rs_all = _examples(load_cases("train"))
+    ex_all, rs_all, rl_all = _examples(load_cases("train"))
     # demo pool / validation: every third train case validates, the others are demos
     ex_pool = [e for i, e in enumerate(ex_all) if i % 3 != 2]
     ex_val = [e for i, e in enumerate(ex_all) if i % 3 == 2]
     rs_pool = [e for i, e in enumerate(rs_all) if i % 3 != 2]
     rs_val = [e for i, e in enumerate(rs_all) if i % 3 == 2]
+    rl_pool = [e for i, e in enumerate(rl_all) if i % 3 != 2]
+    rl_val = [e for i, e in enumerate(rl_all) if i % 3 == 2]
 
     def extract_metric(example: Any, pred: Any, trace: Any = None) -> float:
         gold = [f["text"] for f in example.facts]
@@ -94,12 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         got = {int(_field(d, "alias")): _field(d, "label") for d in (pred.get("labels") or [])}
         return sum(got.get(a, "unrelated") == lab for a, lab in gold.items()) / len(gold)
 
+    def relate_metric(example: Any, pred: Any, trace: Any = None) -> float:
+        return float(pred.get("relation") == example.relation)
+
     report: dict[str, Any] = {"model": args.model, "optimizer":
                               "LabeledFewShot + random search over demo sets (dspy.Evaluate)"}
     program = extractor.program
     with dspy.context(lm=extractor.lm, adapter=schema_adapter()):
         for name, pool, val, metric in (("extract", ex_pool, ex_val, extract_metric),
-                                        ("resolve", rs_pool, rs_val, resolve_metric)):
+                                        ("resolve", rs_pool, rs_val, resolve_metric),
+                                        ("relate", rl_pool, rl_val, relate_metric)):
+            if name not in args.predictors.split(","):
+                continue
             started = time.perf_counter()
             evaluate = dspy.Evaluate(devset=val, metric=metric, num_threads=1,
                                      display_progress=False, max_errors=1000)
@@ -108,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             best, best_score = student, float(evaluate(student).score)
             tried.append({"seed": "zero-shot", "score": round(best_score, 2)})
             for seed in range(args.candidates):
-                shuffled = list(pool)
-                random.Random(args.seed + seed).shuffle(shuffled)
+                rng = random.Random(args.seed + seed)
+                if name == "extract":
+                    shuffled = _stratified(pool, args.demos, rng)
+                else:
+                    shuffled = list(pool)
+                    rng.shuffle(shuffled)
                 candidate = dspy.LabeledFewShot(k=args.demos).compile(
-                    student, trainset=shuffled, sample=True)
+                    student, trainset=shuffled, sample=name != "extract")
                 score = float(evaluate(candidate).score)
                 tried.append({"seed": args.seed + seed, "score": round(score, 2),
                               "demos": [d.get("conversation", d.get("new_fact"))

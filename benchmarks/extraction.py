@@ -224,14 +224,25 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
         r = c["tp"] / c["n_gold"] if c["n_gold"] else 0.0
         quality[str(t)] = {"precision": round(p, 3), "recall": round(r, 3),
                            "f1": round(2 * p * r / (p + r), 3) if p + r else 0.0, **c}
-    lab_ok = lab_n = res_errors = 0
+    from engine.extract.programs import gate_label
+
+    lab_ok = gated_ok = lab_n = res_errors = wrong_links = gated_wrong_links = 0
     for row in raw["resolve"]:
-        gold_labels = cases[row["id"]]["labels"]
+        case = cases[row["id"]]
+        gold_labels = case["labels"]
         if row["output"] is None:
             res_errors += 1
         out = row["output"] or ["unrelated"] * len(gold_labels)
+        sims = matcher.sims([case["new_fact"]], [c["text"] for c in case["candidates"]])[0]
+        gated = [gate_label(label, float(sim)) for label, sim in zip(out, sims, strict=False)]
         lab_n += len(gold_labels)
         lab_ok += sum(a == b for a, b in zip(out, gold_labels, strict=False))
+        gated_ok += sum(a == b for a, b in zip(gated, gold_labels, strict=False))
+        # harmful: a label that closes or swallows a fact the gold says is unrelated
+        wrong_links += sum(a != "unrelated" and b == "unrelated"
+                           for a, b in zip(out, gold_labels, strict=False))
+        gated_wrong_links += sum(a != "unrelated" and b == "unrelated"
+                                 for a, b in zip(gated, gold_labels, strict=False))
     ex_wall = [r["wall_s"] for r in raw["extract"]]
     ex_cpu = [r["cpu_s"] for r in raw["extract"]]
     rs_wall = [r["wall_s"] for r in raw["resolve"]]
@@ -246,7 +257,12 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
         "chit_chat_with_facts": f"{chat_fp}/{chat_n}",
         "valid_from_accuracy": round(date_ok / date_n, 3) if date_n else None,
         "valid_from_n": date_n,
-        "resolve_accuracy": round(lab_ok / lab_n, 3) if lab_n else None,
+        "resolve_accuracy_lm": round(lab_ok / lab_n, 3) if lab_n else None,
+        "resolve_accuracy": round(gated_ok / lab_n, 3) if lab_n else None,
+        "resolve_wrong_links": {"lm": wrong_links, "gated": gated_wrong_links,
+                                "unrelated_gold": sum(
+                                    lab == "unrelated" for r in raw["resolve"]
+                                    for lab in cases[r["id"]]["labels"])},
         "errors": {"extract": errors, "resolve": res_errors},
         "extract_s": {"median": _pct(ex_wall, 0.5), "p95": _pct(ex_wall, 0.95),
                       "cpu_median": _pct(ex_cpu, 0.5)},
@@ -268,20 +284,25 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
 def _markdown(rows: list[dict[str, Any]], command: str, threshold: float,
               load: list[float]) -> str:
     head = ("| model | fact P | fact R | F1 | chit-chat w/ facts | valid_from acc | "
-            "resolve acc | s/turn median (p95) | CPU s/turn | extract s (p95) | "
-            "resolve s | tokens/extract (prompt / reused / out) | peak RSS MB |")
+            "resolve acc LM / gated | wrong links LM / gated | s/turn median (p95) | "
+            "CPU s/turn | extract s (p95) | resolve s | "
+            "tokens/extract (prompt / reused / out) | peak RSS MB |")
     lines = [
         "# Extraction benchmark", "",
         f"Command: `{command}`", "",
         f"Fact matching: MiniLM cosine >= {threshold}, one-to-one, greedy (calibration pairs "
-        "in the JSON). A turn = one "
-        "extract + one resolve call. Wall times on a shared 2-core machine (load average "
-        f"{load[0]:.1f} at the start): noisy; CPU seconds are steadier.", "",
+        "in the JSON). A turn = one extract + one resolve call (the resolve call is timed "
+        "on every turn, though the engine skips it when no stored fact is similar). "
+        "Resolve accuracy: the LM's labels, and after the engine's similarity gates "
+        "(`engine.extract.programs.gate_label`); wrong links: labels other than unrelated "
+        "on candidates the gold calls unrelated (they would close or swallow a true fact). "
+        "Chit-chat that the code gate recognises makes no LM call. Wall times on a 2-core "
+        f"machine (load average {load[0]:.1f} at the start); CPU seconds are steadier.", "",
         head, "|" + "---|" * (head.count("|") - 1),
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['skipped']} |" + " |" * 12)
+            lines.append(f"| {r['model']} | {r['skipped']} |" + " |" * 13)
             continue
         f = r["facts"]
         t = r["turn_s"]
@@ -290,7 +311,10 @@ def _markdown(rows: list[dict[str, Any]], command: str, threshold: float,
         lines.append(
             f"| {r['model']}{note} | {f['precision']:.2f} | {f['recall']:.2f} | {f['f1']:.2f} "
             f"| {r['chit_chat_with_facts']} | {r['valid_from_accuracy']} "
-            f"| {r['resolve_accuracy']} | {t['median']} ({t['p95']}) | {t['cpu_median']} "
+            f"| {r['resolve_accuracy_lm']} / {r['resolve_accuracy']} "
+            f"| {r['resolve_wrong_links']['lm']} / {r['resolve_wrong_links']['gated']} "
+            f"of {r['resolve_wrong_links']['unrelated_gold']} "
+            f"| {t['median']} ({t['p95']}) | {t['cpu_median']} "
             f"| {r['extract_s']['median']} ({r['extract_s']['p95']}) "
             f"| {r['resolve_s']['median']} | {tok['prompt_tokens']:.0f} / "
             f"{tok['reused_tokens']:.0f} / {tok['completion_tokens']:.0f} "

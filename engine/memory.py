@@ -35,7 +35,7 @@ from engine.index import HnswParams, VectorIndex
 from engine.maintain import apply_decisions
 from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
-from engine.search import Searcher, SearchRequest, valid_at_sql
+from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
 from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash, id_list
 from engine.timeutil import TimeLike, now_utc, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
@@ -71,8 +71,8 @@ class Memory:
     ``extractor`` turns messages into facts when ``add`` infers: an
     :class:`~engine.extract.Extractor`, a GGUF model name or path for the
     built-in DSPy + llama.cpp extractor, or None for the default model (loaded
-    on first use). ``infer`` is the default of ``add(infer=...)``: off until the
-    bundled small models extract reliably (see benchmarks/results/extraction.md). With
+    on first use). ``infer`` is the default of ``add(infer=...)`` (on: messages are
+    turned into facts by the LM; ``infer=False`` stores each message as one fact). With
     ``process_pending`` (default), messages left unprocessed by an earlier
     process are extracted in the background after opening.
     """
@@ -87,7 +87,7 @@ class Memory:
         read_only: bool = False,
         actor: str = "api",
         extractor: Extractor | str | None = None,
-        infer: bool = False,
+        infer: bool = True,
         process_pending: bool = True,
     ) -> None:
         self.path = str(path) if path is not None else str(config.default_db_path())
@@ -566,10 +566,13 @@ class Memory:
         """The ``k`` facts of a user most relevant to ``query``, best first.
 
         ``as_of`` searches the facts that were true at that time instead of the
-        current ones; ``explain=True`` adds each signal's score to every hit.
+        current ones; ``explain=True`` adds each signal's score to every hit. The
+        user's own id in the query ("Maria" for user "maria") is read as "User", the
+        name extracted facts give the speaker (:func:`engine.search.as_user_query`).
         """
         query = check_text(query, "query")
         user, agent, run = check_scope(user_id, agent_id, run_id)
+        query = as_user_query(query, user)
         request = SearchRequest(
             query=query,
             user_id=user,

@@ -22,6 +22,7 @@ run one signal alone (benchmarks compare them).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +42,21 @@ if TYPE_CHECKING:
 
     from engine.index import VectorIndex
 
-__all__ = ["MODES", "SearchRequest", "Searcher", "valid_at_sql"]
+__all__ = ["MODES", "SearchRequest", "Searcher", "as_user_query", "valid_at_sql"]
+
+
+def as_user_query(query: str, user_id: str) -> str:
+    """``query`` with the user's own id as a word ("what does Maria drink?" for user
+    "maria") written as "User", the way extracted facts name their speaker.
+
+    Every fact searched belongs to that user, so the name carries no information, and
+    left in it would rank the one fact that mentions it ("User's name is Maria") first
+    for any question about her.
+    """
+    if not re.fullmatch(r"[^\W\d_]{2,}", user_id):
+        return query
+    return re.sub(rf"\b{re.escape(user_id)}\b('s)?", lambda m: "User" + (m.group(1) or ""),
+                  query, flags=re.IGNORECASE)
 
 MODES = ("hybrid", "vector", "lexical")
 # Candidates taken from each retriever before fusion (then neighbours are added). The

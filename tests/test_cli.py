@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -43,11 +44,11 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 
 
 def test_the_story_through_the_cli(run) -> None:  # type: ignore[no-untyped-def]
-    added = run("add", "-u", "maria", "I love coffee in the morning", "--at", "2026-05-01",
+    added = run("add", "--raw", "-u", "maria", "I love coffee in the morning", "--at", "2026-05-01",
                 "--json")
     assert added.exit_code == 0, added.output
     fact_id = json.loads(added.output)[0]["fact_id"]
-    assert run("add", "-u", "maria", "I live in Lisbon").exit_code == 0
+    assert run("add", "--raw", "-u", "maria", "I live in Lisbon").exit_code == 0
 
     table = run("search", "-u", "maria", "coffee morning")
     assert table.exit_code == 0
@@ -76,11 +77,11 @@ def test_the_story_through_the_cli(run) -> None:  # type: ignore[no-untyped-def]
 
 def test_exit_codes(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert run("get", "999").exit_code == 1  # no store yet
-    run("add", "-u", "u", "something")
+    run("add", "--raw", "-u", "u", "something")
     missing = run("get", "999")
     assert missing.exit_code == 3 and "no fact with id 999" in missing.output
-    assert run("add", "-u", "u", "").exit_code == 1
-    assert run("add", "-u", "u").exit_code == 2  # neither TEXT nor --file
+    assert run("add", "--raw", "-u", "u", "").exit_code == 1
+    assert run("add", "--raw", "-u", "u").exit_code == 2  # neither TEXT nor --file
     assert run("search", "-u", "u", "q", "--filters", "{not json").exit_code == 2
     assert run("bogus").exit_code == 2
     other = CliRunner().invoke(cli, ["--db", str(tmp_path / "cli.duckdb"), "--embedder",
@@ -91,7 +92,7 @@ def test_exit_codes(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
 def test_bulk_add_from_a_file_and_export_import(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     notes = tmp_path / "notes.txt"
     notes.write_text("\n".join(f"note {i}" for i in range(50)) + "\n\n")
-    result = run("add", "-u", "u", "--file", str(notes), "--batch-size", "16", "--json")
+    result = run("add", "--raw", "-u", "u", "--file", str(notes), "--batch-size", "16", "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == 50
     assert run("export", str(tmp_path / "out.jsonl"), "--json").exit_code == 0
@@ -102,7 +103,7 @@ def test_bulk_add_from_a_file_and_export_import(run, tmp_path: Path) -> None:  #
 
 
 def test_delete_and_purge(run) -> None:  # type: ignore[no-untyped-def]
-    fact_id = json.loads(run("add", "-u", "u", "secret", "--json").output)[0]["fact_id"]
+    fact_id = json.loads(run("add", "--raw", "-u", "u", "secret", "--json").output)[0]["fact_id"]
     assert run("delete", str(fact_id), "--reason", "wrong").exit_code == 0
     assert "no facts" in run("list", "-u", "u").output
     assert "secret" in run("list", "-u", "u", "--history").output
@@ -111,3 +112,24 @@ def test_delete_and_purge(run) -> None:  # type: ignore[no-untyped-def]
     assert json.loads(purged.output)["facts"] == 1
     stats = json.loads(run("stats", "--json").output)
     assert stats["facts"] == 0 and stats["embedder"] == "hashing-v1-256"
+
+
+@pytest.mark.model
+def test_add_extracts_by_default_with_the_local_lm(tmp_path: Path) -> None:
+    """`memengine add` runs the LM (here the small test model) and prints what changed."""
+    from engine import models
+
+    if not models.is_installed("smollm2-135m"):
+        message = "smollm2-135m is not installed: run `make install`"
+        if os.environ.get("MEMENGINE_REQUIRE_MODELS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    base = ["--db", str(tmp_path / "lm.duckdb"), "--embedder", "hashing", "--lm",
+            "smollm2-135m"]
+    added = CliRunner().invoke(cli, [*base, "add", "-u", "maria", "--json",
+                                     "I live in Lisbon and I work as a nurse."])
+    assert added.exit_code == 0, added.output
+    events = json.loads(added.stdout)
+    assert all(e["actor"].startswith("cli:extract:dspy/smollm2-135m") for e in events), events
+    status = json.loads(CliRunner().invoke(cli, [*base, "status", "--json"]).stdout)
+    assert status["pending_messages"] == 0 and status["failed_messages"] == 0, status

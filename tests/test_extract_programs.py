@@ -84,7 +84,7 @@ def test_valid_answer_becomes_extracted_facts() -> None:
     schema = request.config.response_format["schema"]
     assert schema["properties"]["facts"]["maxItems"] == 8
     prompt = request.messages[-1].text
-    assert "next week = 2024-06-17" in prompt and "Maria: I love coffee" in prompt
+    assert "next week = 2024-06-19" in prompt and "Maria: I love coffee" in prompt
 
 
 def test_garbage_from_the_lm_is_retried_then_raises() -> None:
@@ -111,11 +111,15 @@ def test_invalid_values_are_retried_and_a_good_retry_wins() -> None:
     assert len(engine.requests) == 3
 
 
-def test_chit_chat_yields_no_facts_and_empty_input_no_call() -> None:
+def test_chit_chat_and_empty_input_make_no_call() -> None:
     engine = CannedEngine([_facts()])
     extractor = DspyExtractor(engine=engine, program=False)
     assert extractor.extract([Turn("user", "hi, how are you?", WHEN)]) == []
     assert extractor.extract([]) == []
+    assert engine.requests == []
+    # with the gate off the LM is asked, and its empty list is the answer
+    extractor.skip_chit_chat = False
+    assert extractor.extract([Turn("user", "hi, how are you?", WHEN)]) == []
     assert len(engine.requests) == 1
 
 
@@ -182,7 +186,7 @@ def test_compiled_program_is_loaded_and_named(tmp_path: Path) -> None:
     engine = CannedEngine([_facts()])
     loaded = DspyExtractor(engine=engine, program=program_file)
     assert loaded.identity.startswith("dspy/canned/tiny@")
-    loaded.extract([Turn("user", "hello", WHEN)])
+    loaded.extract([Turn("user", "I have a cat.", WHEN)])
     texts = [m.text for m in engine.requests[0].messages]
     assert any("I live in Porto" in t for t in texts)  # the demo reached the prompt
     with pytest.raises(ModelError, match="not found"):
@@ -205,7 +209,8 @@ def test_conversation_format_is_speaker_aware() -> None:
 
 
 @pytest.mark.parametrize(("expr", "expected"), [
-    ("next week", date(2024, 6, 17)), ("last May", date(2024, 5, 1)),
+    ("next week", date(2024, 6, 19)), ("last week", date(2024, 6, 5)),
+    ("last May", date(2024, 5, 1)),
     ("tomorrow", date(2024, 6, 13)), ("on Friday", date(2024, 6, 14)),
     ("next Wednesday", date(2024, 6, 19)), ("last Monday", date(2024, 6, 10)),
     ("two weeks ago", date(2024, 5, 29)), ("in 3 months", date(2024, 9, 12)),
@@ -270,3 +275,29 @@ def test_pairwise_resolve_makes_one_call_per_candidate() -> None:
     assert len(engine.requests) == 2
     schema = engine.requests[0].config.response_format["schema"]
     assert schema["properties"]["relation"]["enum"] == list(LABELS)
+
+
+def test_resolver_labels_below_their_similarity_gate_become_unrelated() -> None:
+    engine = CannedEngine([json.dumps({"labels": [
+        {"alias": 0, "label": "superseded"}, {"alias": 1, "label": "duplicate"},
+        {"alias": 2, "label": "duplicate"}, {"alias": 3, "label": "refined"}]})])
+    extractor = DspyExtractor(engine=engine, program=False)
+    day = datetime(2024, 5, 1)
+    candidates = [Candidate(0, "User plays the piano", day, 0.66),   # below 0.7
+                  Candidate(1, "User really likes coffee", day, 0.95),
+                  Candidate(2, "User lives in Vancouver", day, 0.78),  # below 0.85
+                  Candidate(3, "User has a cat named Luna", day, None)]  # not gated
+    labels = extractor.resolve(ExtractedFact("User plays guitar"), candidates)
+    assert labels == {0: "unrelated", 1: "duplicate", 2: "unrelated", 3: "refined"}
+
+
+def test_a_fact_that_names_its_time_gets_that_date_when_the_model_left_it_empty() -> None:
+    engine = CannedEngine([_facts(
+        {"text": "User's sister Ana is visiting next week", "category": "plan",
+         "about": "Ana", "valid_from": ""},
+        {"text": "User moved here in January", "category": "place", "about": "user",
+         "valid_from": ""})])
+    extractor = DspyExtractor(engine=engine, program=False)
+    facts = extractor.extract([Turn("user", "My sister Ana is visiting next week.", WHEN)])
+    assert facts[0].valid_from == datetime(2024, 6, 19)  # said on 2024-06-12
+    assert facts[1].valid_from is None  # "in January": past or future, left alone

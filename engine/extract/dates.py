@@ -2,7 +2,7 @@
 
 Small models are poor at calendar arithmetic ("next week" said on 2024-06-12). The
 extractor finds the relative expressions in the messages and gives the model their
-dates as hints ("next week = 2024-06-17"), so the model only has to copy one. English
+dates as hints ("next week = 2024-06-19"), so the model only has to copy one. English
 only; other languages get no hints (the model still sees the observation date).
 """
 
@@ -12,7 +12,7 @@ import calendar
 import re
 from datetime import date, timedelta
 
-__all__ = ["date_hints", "resolve_relative"]
+__all__ = ["date_hints", "resolve_relative", "stated_date"]
 
 _WEEKDAYS = {name.lower(): i for i, name in enumerate(calendar.day_name)}
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
@@ -47,8 +47,9 @@ def _count(word: str) -> int:
 def resolve_relative(expr: str, today: date) -> date | None:
     """The date an English relative expression names, said on ``today`` (None if unknown).
 
-    Weeks start on Monday ("next week" is next Monday); a month or year means its first
-    day; a bare month name ("in May") is the next such month, "since May" the last one.
+    "next week" / "last week" is seven days on / back (a single date inside the week
+    named, the same weekday as said); weekends start on Saturday; a month or year means
+    its first day; a bare month name ("in May") is the next such month, "since May" the last one.
     """
     e = " ".join(expr.lower().split())
     simple = {"today": 0, "tonight": 0, "tomorrow": 1, "yesterday": -1,
@@ -70,10 +71,12 @@ def resolve_relative(expr: str, today: date) -> date | None:
         return None
     which, what = m.groups()
     monday = today - timedelta(days=today.weekday())
-    if what in ("week", "weekend"):
-        start = monday + timedelta(days=5 if what == "weekend" else 0)
+    if what == "week":
         shift = {"next": 7, "last": -7, "this": 0}.get(which)
-        return None if shift is None else start + timedelta(days=shift)
+        return None if shift is None else today + timedelta(days=shift)
+    if what == "weekend":
+        shift = {"next": 7, "last": -7, "this": 0}.get(which)
+        return None if shift is None else monday + timedelta(days=5 + shift)
     if what == "month":
         first = today.replace(day=1)
         shift = {"next": 1, "last": -1, "this": 0}.get(which)
@@ -101,6 +104,20 @@ def resolve_relative(expr: str, today: date) -> date | None:
             if which != "next" and month == today.month:
                 year = today.year
         return date(year, month, 1)
+    return None
+
+
+def stated_date(text: str, today: date) -> date | None:
+    """The date of the first unambiguous relative expression in ``text`` ("next week"),
+    or None. Used when a fact's own text names its time but the model left
+    ``valid_from`` empty; month names alone ("in January") are ambiguous and skipped."""
+    for match in _RE.finditer(text):
+        expr = " ".join(match.group(0).lower().split())
+        if re.fullmatch(rf"(in|from|until|by) ({_MONTH})", expr):
+            continue
+        resolved = resolve_relative(expr, today)
+        if resolved is not None:
+            return resolved
     return None
 
 

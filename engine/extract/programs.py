@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from engine.errors import EngineError, ExtractionError, ModelError
 from engine.extract import LABELS, Candidate, ExtractedFact, Label, Turn
-from engine.extract.dates import date_hints
+from engine.extract.dates import date_hints, stated_date
+from engine.extract.salience import worth_extracting
 
 if TYPE_CHECKING:
     import dspy
@@ -36,7 +37,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CATEGORIES",
     "COMPILED_DIR",
+    "DUPLICATE_MIN_SIMILARITY",
+    "LINK_MIN_SIMILARITY",
     "DspyExtractor",
+    "gate_label",
     "compiled_program_path",
     "format_candidates",
     "format_conversation",
@@ -51,6 +55,14 @@ CATEGORIES = ("preference", "person", "place", "work", "health", "plan", "event"
               "possession", "other")
 _USER_WORDS = {"user", "the user", "me", "i", "myself", "speaker", "you"}
 _MAX_FACTS = 8
+LINK_MIN_SIMILARITY = 0.7
+"""Cosine similarity a candidate needs for the LM's ``superseded`` or ``refined`` to
+stand; ``DUPLICATE_MIN_SIMILARITY`` is the same for ``duplicate``. Below them the label
+becomes ``unrelated`` and the new fact is simply added. A small model's labels are noisy
+(benchmarks/results/extraction.md); the gates keep a wrong label from closing an
+unrelated fact ("User plays guitar" vs "User plays the piano": 0.66) or from swallowing
+a new one. Candidates without a similarity are not gated."""
+DUPLICATE_MIN_SIMILARITY = 0.85
 
 
 def signatures() -> Any:
@@ -168,8 +180,13 @@ def _facts_from(items: Any, user_names: set[str], observed: date) -> list[Extrac
         valid_from = _parse_date(_field(item, "valid_from"))
         if valid_from is not None and valid_from.date() == observed:
             valid_from = None  # "from the day it was said" is what None already means
+        if valid_from is None and (said := stated_date(text, observed)) is not None \
+                and said != observed:
+            valid_from = datetime.combine(said, datetime.min.time())
+        replaces = " ".join(str(_field(item, "replaces") or "").split())
         out.append(ExtractedFact(text=text, category=category, about=about,
-                                 valid_from=valid_from))
+                                 valid_from=valid_from,
+                                 replaces=replaces if len(replaces) >= 3 else None))
     return out
 
 
@@ -203,6 +220,18 @@ def _labels_from(items: Any, offered: set[int]) -> dict[int, Label]:
     return out
 
 
+def gate_label(label: Label, similarity: float | None) -> Label:
+    """``label`` if the candidate's cosine ``similarity`` clears its gate, else
+    "unrelated" (see ``LINK_MIN_SIMILARITY``)."""
+    if similarity is None or label == "unrelated":
+        return label
+    gate = DUPLICATE_MIN_SIMILARITY if label == "duplicate" else LINK_MIN_SIMILARITY
+    if similarity >= gate:
+        return label
+    log.info("ignored the label %s at cosine %.2f (below %.2f)", label, similarity, gate)
+    return "unrelated"
+
+
 # ----------------------------------------------------------------------------- extractor
 
 
@@ -223,7 +252,9 @@ class DspyExtractor:
     ``retries`` times (at a small temperature), then :class:`ExtractionError` is raised.
     Input longer than ``max_chunk_chars`` is extracted chunk by chunk. ``resolve_mode``
     "batch" labels all candidates in one call (by alias); "pairwise" makes one short call
-    per candidate (no aliases for the model to invent).
+    per candidate (no aliases for the model to invent). ``skip_chit_chat`` (default on)
+    skips the LM for chunks whose user turns are only greetings, thanks or questions
+    (:func:`engine.extract.salience.worth_extracting`).
     """
 
     def __init__(
@@ -239,10 +270,12 @@ class DspyExtractor:
         max_tokens: int = 384,
         max_chunk_chars: int = 1500,
         resolve_mode: Literal["batch", "pairwise"] = "batch",
+        skip_chit_chat: bool = True,
     ) -> None:
         if resolve_mode not in ("batch", "pairwise"):
             raise ValueError(f"resolve_mode must be 'batch' or 'pairwise', not {resolve_mode!r}")
         self.resolve_mode = resolve_mode
+        self.skip_chit_chat = skip_chit_chat
         self.max_tokens = max_tokens
         self.retries = max(0, retries)
         self.max_chunk_chars = max_chunk_chars
@@ -370,6 +403,8 @@ class DspyExtractor:
         facts: list[ExtractedFact] = []
         seen: set[str] = set()
         for chunk in _chunks(turns, self.max_chunk_chars):
+            if self.skip_chit_chat and not worth_extracting(chunk):
+                continue
             observed, hints, conversation = format_conversation(chunk)
             day = chunk[-1].observed_at.date()
             found = self._call(
@@ -385,17 +420,21 @@ class DspyExtractor:
         return facts[: _MAX_FACTS * 4]
 
     def resolve(self, fact: ExtractedFact, candidates: list[Candidate]) -> dict[int, Label]:
-        """How ``fact`` relates to each candidate, keyed by alias (missing: unrelated)."""
+        """How ``fact`` relates to each candidate, keyed by alias (missing: unrelated);
+        labels below their similarity gate become unrelated (:func:`gate_label`)."""
         if not candidates:
             return {}
         if self.resolve_mode == "pairwise":
-            return {c.alias: self._relate(fact, c) for c in candidates}
-        offered = {c.alias for c in candidates}
-        return cast(dict[int, Label], self._call(
-            self.program.resolve,
-            {"new_fact": fact.text, "stored_facts": format_candidates(candidates)},
-            lambda p: _labels_from(p["labels"], offered),
-        ))
+            raw = {c.alias: self._relate(fact, c) for c in candidates}
+        else:
+            offered = {c.alias for c in candidates}
+            raw = cast(dict[int, Label], self._call(
+                self.program.resolve,
+                {"new_fact": fact.text, "stored_facts": format_candidates(candidates)},
+                lambda p: _labels_from(p["labels"], offered),
+            ))
+        similarity = {c.alias: c.similarity for c in candidates}
+        return {alias: gate_label(label, similarity[alias]) for alias, label in raw.items()}
 
     def _relate(self, fact: ExtractedFact, candidate: Candidate) -> Label:
         since = candidate.valid_from.date().isoformat()

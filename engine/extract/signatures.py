@@ -25,6 +25,7 @@ class FactOut(BaseModel):
     """One extracted fact as the model writes it."""
 
     text: str
+    replaces: str = ""
     category: Category
     about: str
     valid_from: str = Field(pattern=r"^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")
@@ -43,8 +44,10 @@ class ExtractFacts(dspy.Signature):
     short standalone English sentence naming its subject: "User ..." for the user,
     "User's brother Sam ..." or the speaker's name for others. Split a message that states
     several facts. Greetings, thanks, questions, small talk and the assistant's suggestions
-    give no facts: return an empty list. valid_from: the date from date_hints when the
-    message says when the fact starts, else ""."""
+    give no facts: return an empty list. replaces: when the message says something
+    earlier is no longer true (stopped, quit, moved, switched, no longer, used to), that
+    earlier fact as a short sentence ("User drinks coffee"), else "". valid_from: the
+    date from date_hints when the message says when the fact starts, else ""."""
 
     observation_date: str = dspy.InputField(desc="date the messages were written")
     date_hints: str = dspy.InputField(desc="relative dates in the messages, resolved")
