@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             report[name] = {"pool": len(pool), "val": len(val), "demos": len(best.demos),
                             "best_val_score": round(best_score, 2), "candidates": tried,
                             "seconds": round(time.perf_counter() - started, 1)}
-    out = Path(args.out) if args.out else COMPILED_DIR / f"{args.model}.json"
+    out = Path(args.out) if args.out else COMPILED_DIR / f"{extractor.model_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(out))
     report["out"] = str(out.relative_to(_ROOT)) if out.is_relative_to(_ROOT) else str(out)
