@@ -572,9 +572,9 @@ class Memory:
         """
         query = check_text(query, "query")
         user, agent, run = check_scope(user_id, agent_id, run_id)
-        query = as_user_query(query, user)
         request = SearchRequest(
-            query=query,
+            query=as_user_query(query, user),
+            said=query,
             user_id=user,
             agent_id=agent,
             run_id=run,
@@ -583,7 +583,7 @@ class Memory:
             as_of=None if as_of is None else to_storage(as_of, name="as_of"),
             explain=bool(explain),
         )
-        vector = self.embedder.embed_query(query)
+        vector = self.embedder.embed_query(request.query)
         return self.searcher.search(request, vector)
 
     def export(

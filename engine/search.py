@@ -93,6 +93,9 @@ class SearchRequest:
     as_of: datetime | None
     explain: bool
     mode: str = "hybrid"
+    said: str | None = None
+    """The query as the caller wrote it, for matching speaker names (``query`` may have
+    the user's own name replaced, see :func:`as_user_query`); None: ``query``."""
 
 
 def _time_sql(as_of: datetime | None) -> tuple[str, list[Any]]:
@@ -273,7 +276,8 @@ class Searcher:
                       expanded_from=expanded.get(i))
             for i, d in documents.items()
         ]
-        ranked = fuse(pool, query_features(request.query), weights, explain=request.explain)
+        features = query_features(request.said or request.query)
+        ranked = fuse(pool, features, weights, explain=request.explain)
         wanted = ranked[: request.k + 4]  # a few spare in case one was retired just now
         facts = self._current_by_id(request, [c.fact_id for c in wanted])
         hits = []
@@ -417,7 +421,8 @@ class Searcher:
         weights = self._weights(request)
         if weights.neighbour > 0 and pool:
             self._expand(request, vector, pool, lexical, time_sql, time_params)
-        ranked = fuse([c for _, c in pool.values()], query_features(request.query), weights,
+        features = query_features(request.said or request.query)
+        ranked = fuse([c for _, c in pool.values()], features, weights,
                       explain=request.explain)
         hits = []
         for candidate in ranked[: request.k]:

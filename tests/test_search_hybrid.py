@@ -164,3 +164,12 @@ def test_single_signal_modes_and_bad_mode(chat: tuple[Memory, dict[str, int]]) -
     assert len(run("vector")) == 3  # every fact has a cosine
     with pytest.raises(InvalidInputError):
         run("magic")
+
+
+def test_the_users_own_name_in_a_query_reads_as_user() -> None:
+    from engine.search import as_user_query
+
+    assert as_user_query("what does Maria drink?", "maria") == "what does User drink?"
+    assert as_user_query("Maria's sister?", "maria") == "User's sister?"
+    assert as_user_query("what about Mariana?", "maria") == "what about Mariana?"
+    assert as_user_query("anything", "conv-26") == "anything"  # not a name: unchanged
