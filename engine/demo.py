@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.cli.output import format_time, table
 from engine.memory import Memory
-from engine.types import AddResult, SearchHit
+from engine.types import AddResult, Event, SearchHit
 
 __all__ = ["run_demo"]
 
@@ -29,6 +29,13 @@ HELLO = ("Hi! I'm Maria, I live in Lisbon and work as a nurse. "
          "I really love coffee in the morning.")
 LATER = ("Actually I've stopped drinking coffee, I prefer green tea these days. "
          "My sister Ana is visiting next week.")
+
+
+def _change(event: Event) -> str:
+    """``new`` for an addition, ``'old' -> 'new'`` for a change."""
+    if event.old_text is None:
+        return str(event.new_text)
+    return f"{event.old_text!r} -> {event.new_text!r}"
 
 
 def run_demo(db_path: Path, *, embedder: str | None = None, lm: str | None = None,
@@ -50,9 +57,7 @@ def run_demo(db_path: Path, *, embedder: str | None = None, lm: str | None = Non
 
     def said(result: AddResult, seconds: float) -> None:
         for event in result.events:
-            change = event.new_text if event.old_text is None else \
-                f"{event.old_text!r} -> {event.new_text!r}"
-            echo(f"  {event.kind:<9} {change}")
+            echo(f"  {event.kind:<9} {_change(event)}")
         echo(f"  ({seconds:.1f} s; {'no facts' if not result.events else 'done'})")
 
     with Memory(db_path, embedder=embedder, actor="demo", extractor=lm) as memory:
@@ -88,9 +93,7 @@ def run_demo(db_path: Path, *, embedder: str | None = None, lm: str | None = Non
             echo(table(rows, ["id", "version", "valid from", "valid to", "state"],
                        wrap_column=1))
             for event in memory.history(now[0].id):
-                change = event.new_text if event.old_text is None else \
-                    f"{event.old_text!r} -> {event.new_text!r}"
-                echo(f"  {format_time(event.at)}  {event.kind:<9} {change}"
+                echo(f"  {format_time(event.at)}  {event.kind:<9} {_change(event)}"
                      + (f"  ({event.reason})" if event.reason else ""))
 
         title("All of Maria's current facts (Ana's visit is dated a week after day 30)")

@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidInputError
 from engine.filters import compile_filters, matches
-from engine.fusion import HYBRID, NAME_KEYS, Candidate, FusionWeights, fuse, query_features
+from engine.fusion import (
+    HYBRID,
+    NAME_KEYS,
+    Candidate,
+    FusionWeights,
+    QueryFeatures,
+    fuse,
+    query_features,
+)
 from engine.lexical import Document, LexicalIndex, LexicalScores
 from engine.records import fact_from_row
 from engine.store import CURRENT, FACT_COLUMNS, Store
@@ -96,6 +104,10 @@ class SearchRequest:
     said: str | None = None
     """The query as the caller wrote it, for matching speaker names (``query`` may have
     the user's own name replaced, see :func:`as_user_query`); None: ``query``."""
+
+    def features(self) -> QueryFeatures:
+        """The fusion's view of the query, from the words as the caller wrote them."""
+        return query_features(self.said or self.query)
 
 
 def _time_sql(as_of: datetime | None) -> tuple[str, list[Any]]:
@@ -276,8 +288,7 @@ class Searcher:
                       expanded_from=expanded.get(i))
             for i, d in documents.items()
         ]
-        features = query_features(request.said or request.query)
-        ranked = fuse(pool, features, weights, explain=request.explain)
+        ranked = fuse(pool, request.features(), weights, explain=request.explain)
         wanted = ranked[: request.k + 4]  # a few spare in case one was retired just now
         facts = self._current_by_id(request, [c.fact_id for c in wanted])
         hits = []
@@ -421,8 +432,7 @@ class Searcher:
         weights = self._weights(request)
         if weights.neighbour > 0 and pool:
             self._expand(request, vector, pool, lexical, time_sql, time_params)
-        features = query_features(request.said or request.query)
-        ranked = fuse([c for _, c in pool.values()], features, weights,
+        ranked = fuse([c for _, c in pool.values()], request.features(), weights,
                       explain=request.explain)
         hits = []
         for candidate in ranked[: request.k]:

@@ -421,20 +421,27 @@ class DspyExtractor:
 
     def resolve(self, fact: ExtractedFact, candidates: list[Candidate]) -> dict[int, Label]:
         """How ``fact`` relates to each candidate, keyed by alias (missing: unrelated);
-        labels below their similarity gate become unrelated (:func:`gate_label`)."""
-        if not candidates:
-            return {}
+        labels below their similarity gate become unrelated (:func:`gate_label`), so
+        candidates too far below every gate are not shown to the LM at all."""
+        askable = [c for c in candidates
+                   if c.similarity is None or c.similarity >= LINK_MIN_SIMILARITY]
+        labels: dict[int, Label] = {c.alias: "unrelated" for c in candidates
+                                    if c not in askable}
+        if not askable:
+            return labels
         if self.resolve_mode == "pairwise":
-            raw = {c.alias: self._relate(fact, c) for c in candidates}
+            raw = {c.alias: self._relate(fact, c) for c in askable}
         else:
-            offered = {c.alias for c in candidates}
+            offered = {c.alias for c in askable}
             raw = cast(dict[int, Label], self._call(
                 self.program.resolve,
-                {"new_fact": fact.text, "stored_facts": format_candidates(candidates)},
+                {"new_fact": fact.text, "stored_facts": format_candidates(askable)},
                 lambda p: _labels_from(p["labels"], offered),
             ))
-        similarity = {c.alias: c.similarity for c in candidates}
-        return {alias: gate_label(label, similarity[alias]) for alias, label in raw.items()}
+        similarity = {c.alias: c.similarity for c in askable}
+        labels.update((alias, gate_label(label, similarity[alias]))
+                      for alias, label in raw.items())
+        return labels
 
     def _relate(self, fact: ExtractedFact, candidate: Candidate) -> Label:
         since = candidate.valid_from.date().isoformat()
