@@ -143,7 +143,7 @@ class SentenceTransformerEmbedder:
         *,
         name: str | None = None,
         device: str = "auto",
-        batch_size: int = 64,
+        batch_size: int = 32,
         query_cache_size: int = 1024,
         backend: str = "auto",
     ) -> None:

@@ -184,7 +184,7 @@ def fuse(
         if c.expanded_from is None:
             vector = weights.vector * max(0.0, (c.similarity - sim_low) / sim_span)
         lexical = weights.lexical * min(1.0, c.bm25 / bm25_top)
-        names = named_speakers(c.metadata, query) if weights.name else []
+        names = named_speakers(c.metadata, query) if weights.name and c.metadata else []
         name = weights.name if names else 0.0
         timely = asks_when and mentions_time(c.text)
         time = weights.time if timely else 0.0

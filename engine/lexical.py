@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from engine.types import Fact
+
 __all__ = ["BM25Params", "Document", "LexicalIndex", "LexicalScores", "STOPWORDS", "stem",
            "tokenize"]
 
@@ -113,7 +115,9 @@ class Document:
 
     Besides the text it carries what hybrid fusion needs without a DuckDB round trip:
     the source message (for neighbouring turns), the valid-from time and the
-    speaker-like metadata values (see :data:`engine.fusion.NAME_KEYS`).
+    speaker-like metadata values (see :data:`engine.fusion.NAME_KEYS`); ``fact`` is
+    the whole current version, so an unfiltered search can return its hits without
+    fetching them again (about 0.8 ms of a 10k-fact search).
     """
 
     fact_id: int
@@ -121,6 +125,7 @@ class Document:
     source_message_id: int | None = None
     valid_from: datetime | None = None
     names: Mapping[str, Any] = field(default_factory=dict)
+    fact: Fact | None = None
 
 
 DocumentLike = Document | tuple[int, str]
@@ -253,6 +258,8 @@ class LexicalScores:
         self._slot_of = lexicon.slot_of
         self._lexicon = lexicon
         self._scores = scores
+        self.generation = lexicon.generation
+        """The store generation the index reflected when the query was scored."""
 
     @classmethod
     def over(

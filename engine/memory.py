@@ -37,7 +37,7 @@ from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
 from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash, id_list
-from engine.timeutil import TimeLike, now_utc, to_storage
+from engine.timeutil import TimeLike, now_utc, to_aware, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
 from engine.validate import (
     InputMessage,
@@ -246,7 +246,7 @@ class Memory:
             self.searcher.on_change(user, generation, add_ids=fact_ids)
         return AddResult(
             message_ids=message_ids,
-            events=self._events_by_id(event_ids),
+            events=_as_events(event_ids, events),
         )
 
     def _add_inferred(
@@ -321,7 +321,7 @@ class Memory:
                              add_vectors=vectors, remove_ids=applied.removed.get(user, []))
             self.searcher.on_change(user, generations[user], add_ids=[i for i, _ in added],
                                     remove_ids=applied.removed.get(user, []))
-        return AddResult(message_ids=list(message_ids), events=self._events_by_id(event_ids))
+        return AddResult(message_ids=list(message_ids), events=_as_events(event_ids, applied.events))
 
     def _actor_for_inference(self) -> str:
         return f"{self.actor}:extract:{self.extractor.identity}"
@@ -403,13 +403,13 @@ class Memory:
         with self.store.transaction():
             self.store.retire(fact_id, at=recorded)
             generation = self.store.bump_generation([fact.user_id])[fact.user_id]
-            (event_id,) = self.store.insert_events([
-                self._event("DELETE", fact_id, fact.lineage_id, fact.user_id, fact.agent_id,
-                            fact.run_id, fact.text, None, recorded, reason, None),
-            ])
+            event = self._event("DELETE", fact_id, fact.lineage_id, fact.user_id,
+                                fact.agent_id, fact.run_id, fact.text, None, recorded, reason,
+                                None)
+            event_ids = self.store.insert_events([event])
         self.index.apply(fact.user_id, generation, remove_ids=[fact_id])
         self.searcher.on_change(fact.user_id, generation, remove_ids=[fact_id])
-        return self._events_by_id([event_id])[0]
+        return _as_events(event_ids, [event])[0]
 
     def restore(self, fact_id: int, *, reason: str | None = None) -> Fact:
         """Bring back a deleted fact as a new current version of its lineage."""
@@ -645,10 +645,13 @@ class Memory:
                 "agent_id": agent, "run_id": run, "old_text": old_text, "new_text": new_text,
                 "at": at, "actor": self.actor, "reason": reason, "message_id": message_id}
 
-    def _events_by_id(self, event_ids: list[int]) -> list[Event]:
-        if not event_ids:
-            return []
-        rows = self.store.query(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN {id_list(event_ids)} ORDER BY id",
-        )
-        return [event_from_row(row) for row in rows]
+
+def _as_events(event_ids: list[int], rows: list[dict[str, Any]]) -> list[Event]:
+    """The events just inserted, as records (built from what was written, no re-read)."""
+    return [
+        Event(id=event_id, kind=row["kind"], fact_id=row["fact_id"],
+              lineage_id=row["lineage_id"], user_id=row["user_id"], old_text=row["old_text"],
+              new_text=row["new_text"], at=to_aware(row["at"]), actor=row["actor"],
+              reason=row["reason"], message_id=row["message_id"])
+        for event_id, row in zip(event_ids, rows, strict=True)
+    ]

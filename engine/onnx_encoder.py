@@ -228,7 +228,7 @@ class OnnxEncoder:
         """One text: a unit float32 vector."""
         return self._run([self.tokenizer.encode(text)])[0]
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Many texts, batched by length to limit padding: shape ``(len(texts), dim)``."""
         import numpy as np
 

@@ -42,7 +42,6 @@ from engine.fusion import (
 from engine.lexical import Document, LexicalIndex, LexicalScores
 from engine.records import fact_from_row
 from engine.store import CURRENT, FACT_COLUMNS, Store
-from engine.timeutil import to_aware
 from engine.types import Fact, SearchHit
 
 if TYPE_CHECKING:
@@ -145,6 +144,14 @@ def _vector_sql(vector: np.ndarray, dim: int) -> str:
     return "[" + ",".join(repr(float(x)) for x in vector.tolist()) + f"]::FLOAT[{dim}]"
 
 
+def _in_scope(request: SearchRequest, fact: Fact) -> bool:
+    """Whether a fact belongs to the request's user, agent and run and passes its filters."""
+    return (fact.user_id == request.user_id
+            and request.agent_id in (None, fact.agent_id)
+            and request.run_id in (None, fact.run_id)
+            and matches(request.filters, _record(fact)))
+
+
 def _record(fact: Fact) -> dict[str, Any]:
     return {"category": fact.category, "agent_id": fact.agent_id, "run_id": fact.run_id,
             "metadata": fact.metadata}
@@ -175,18 +182,15 @@ class Searcher:
     # ---- keeping the lexical index in step ----------------------------------------
 
     def _documents(self, where: str, params: list[Any]) -> list[Document]:
-        rows = self.store.query(
-            f"SELECT id, text, source_message_id, valid_from, metadata FROM facts WHERE {where}"
-            " ORDER BY id",
-            params,
-        )
+        rows = self.store.query(f"SELECT {FACT_COLUMNS} FROM facts WHERE {where} ORDER BY id",
+                                params)
         documents = []
-        for fact_id, text, source, valid_from, raw in rows:
-            metadata = _load_meta(raw)
-            names = {k: metadata[k] for k in NAME_KEYS if isinstance(metadata.get(k), str)}
-            documents.append(Document(int(fact_id), str(text),
-                                      None if source is None else int(source),
-                                      to_aware(valid_from), names))
+        for row in rows:
+            fact = fact_from_row(row)
+            names = {k: fact.metadata[k] for k in NAME_KEYS
+                     if isinstance(fact.metadata.get(k), str)}
+            documents.append(Document(fact.id, fact.text, fact.source_message_id,
+                                      fact.valid_from, names, fact))
         return documents
 
     def _current_texts(self, user_id: str) -> list[Document]:
@@ -249,8 +253,9 @@ class Searcher:
         """Unfiltered current search scored from the two in-memory indexes.
 
         Both indexes hold exactly the user's current facts, so with no scope or
-        filter to apply, candidates, neighbours and fusion need no SQL; DuckDB is
-        asked once, for the rows of the final hits (and re-checks currency).
+        filter to apply, candidates, neighbours and fusion need no SQL, and the hits
+        come from the lexical index's documents too; DuckDB is asked only when a
+        write is landing (see :meth:`_indexed_facts`).
         """
         weights = self._weights(request)
         sims = dict(zip(vec_ids, vec_sims, strict=True))
@@ -290,7 +295,7 @@ class Searcher:
         ]
         ranked = fuse(pool, request.features(), weights, explain=request.explain)
         wanted = ranked[: request.k + 4]  # a few spare in case one was retired just now
-        facts = self._current_by_id(request, [c.fact_id for c in wanted])
+        facts = self._indexed_facts(request, lexical, [c.fact_id for c in wanted])
         hits = []
         for candidate in wanted:
             fact = facts.get(candidate.fact_id)
@@ -301,6 +306,22 @@ class Searcher:
             if len(hits) == request.k:
                 break
         return hits
+
+    def _indexed_facts(
+        self, request: SearchRequest, lexical: LexicalScores, ids: Sequence[int]
+    ) -> dict[int, Fact]:
+        """The current facts behind ``ids``, from the lexical index's documents when the
+        index reflects the store's latest committed generation for the user, else from
+        DuckDB (a write is landing: the store has the last word)."""
+        if self.store.known_generation(request.user_id) != lexical.generation:
+            return self._current_by_id(request, ids)
+        facts = {}
+        for fact_id in ids:
+            document = lexical.document(fact_id)
+            fact = None if document is None else document.fact
+            if fact is not None and _in_scope(request, fact):
+                facts[fact_id] = fact
+        return facts
 
     def _current_by_id(self, request: SearchRequest, ids: Sequence[int]) -> dict[int, Fact]:
         """Current facts by id, with scope and filters checked in code.
@@ -315,10 +336,7 @@ class Searcher:
         facts = {}
         for row in rows:
             fact = fact_from_row(row)
-            if (fact.is_current and fact.user_id == request.user_id
-                    and request.agent_id in (None, fact.agent_id)
-                    and request.run_id in (None, fact.run_id)
-                    and matches(request.filters, _record(fact))):
+            if fact.is_current and _in_scope(request, fact):
                 facts[fact.id] = fact
         return facts
 

@@ -130,6 +130,8 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._in_transaction = False
+        self._generations: dict[str, int] = {}
+        self._pending_generations: dict[str, int] = {}
         self._migrate(embedder_identity, dim, read_only)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -201,10 +203,24 @@ class Store:
                 yield self._con
             except BaseException:
                 self._in_transaction = False
+                self._forget_pending_generations()
                 self._con.execute("ROLLBACK")
                 raise
             self._in_transaction = False
-            self._con.execute("COMMIT")
+            pending = dict(self._pending_generations)
+            try:
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._forget_pending_generations()
+                raise
+            self._pending_generations.clear()
+            self._generations.update(pending)
+
+    def _forget_pending_generations(self) -> None:
+        """A transaction that bumped generations did not commit: those are unknown now."""
+        for user_id in self._pending_generations:
+            self._generations.pop(user_id, None)
+        self._pending_generations.clear()
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows."""
@@ -471,11 +487,23 @@ class Store:
                 ).fetchone()
                 assert row is not None
                 result[user_id] = int(row[0])
+            self._pending_generations.update(result)
         return result
 
     def generation(self, user_id: str) -> int:
+        """The user's index generation, read from the store (and remembered)."""
         rows = self.query("SELECT generation FROM index_state WHERE user_id = ?", [user_id])
-        return int(rows[0][0]) if rows else 0
+        generation = int(rows[0][0]) if rows else 0
+        self._generations[user_id] = generation
+        return generation
+
+    def known_generation(self, user_id: str) -> int | None:
+        """The user's generation as this process last committed or read it, with no query.
+
+        DuckDB lets one process write a store, so this mirror is exact except
+        between a commit and the next read; None when unknown.
+        """
+        return self._generations.get(user_id)
 
     # ---- erasure ---------------------------------------------------------------------
 
@@ -492,6 +520,7 @@ class Store:
             )
             for table in ("facts", "messages", "events", "index_state"):
                 con.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id])
+        self._generations.pop(user_id, None)
         return counts
 
     def _count(self, table: str, user_id: str) -> int:

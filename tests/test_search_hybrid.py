@@ -173,3 +173,49 @@ def test_the_users_own_name_in_a_query_reads_as_user() -> None:
     assert as_user_query("Maria's sister?", "maria") == "User's sister?"
     assert as_user_query("what about Mariana?", "maria") == "what about Mariana?"
     assert as_user_query("anything", "conv-26") == "anything"  # not a name: unchanged
+
+
+def test_hits_come_from_the_index_documents_and_match_the_store(
+    chat: tuple[Memory, dict[str, int]],
+) -> None:
+    memory, ids = chat
+    memory.search("dog", user_id="caroline")  # loads the user's indexes
+    calls: list[str] = []
+    original = memory.store.query
+    memory.store.query = lambda sql, params=None: calls.append(sql) or original(sql, params)
+    try:
+        hits = memory.search("Who loves walks on the beach?", user_id="caroline")
+    finally:
+        memory.store.query = original
+    assert not calls, "an unfiltered search with fresh indexes should not query DuckDB"
+    assert hits[0].id == ids["D1:5"]
+    stored = memory.get(ids["D1:5"])
+    assert (hits[0].text, hits[0].metadata, hits[0].valid_from) == (
+        stored.text, stored.metadata, stored.valid_from)
+
+
+def test_a_write_the_indexes_have_not_seen_is_checked_in_the_store(
+    chat: tuple[Memory, dict[str, int]],
+) -> None:
+    memory, ids = chat
+    assert memory.search("dog Oscar", user_id="caroline")[0].id == ids["D1:5"]
+    # Retire a fact and bump the generation without telling the indexes: the state
+    # between a commit and the index update that follows it.
+    with memory.store.transaction() as con:
+        con.execute("UPDATE facts SET expired_at = now() WHERE id = ?", [ids["D1:5"]])
+        memory.store.bump_generation(["caroline"])
+    hits = memory.search("dog Oscar", user_id="caroline")
+    assert ids["D1:5"] not in [hit.id for hit in hits]
+
+
+def test_a_rolled_back_generation_is_forgotten(make_memory: Callable[..., Memory]) -> None:
+    memory = make_memory()
+    memory.add("I like tea", user_id="u", infer=False)
+    known = memory.store.known_generation("u")
+    assert known == memory.store.generation("u")
+    with pytest.raises(RuntimeError), memory.store.transaction():
+        memory.store.bump_generation(["u"])
+        raise RuntimeError("abort")
+    assert memory.store.known_generation("u") is None
+    assert memory.store.generation("u") == known
+    assert memory.store.known_generation("u") == known
