@@ -36,7 +36,7 @@ from engine.maintain import apply_decisions
 from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
-from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash, id_list
+from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
 from engine.timeutil import TimeLike, now_utc, to_aware, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
 from engine.validate import (
@@ -321,7 +321,8 @@ class Memory:
                              add_vectors=vectors, remove_ids=applied.removed.get(user, []))
             self.searcher.on_change(user, generations[user], add_ids=[i for i, _ in added],
                                     remove_ids=applied.removed.get(user, []))
-        return AddResult(message_ids=list(message_ids), events=_as_events(event_ids, applied.events))
+        return AddResult(message_ids=list(message_ids),
+                         events=_as_events(event_ids, applied.events))
 
     def _actor_for_inference(self) -> str:
         return f"{self.actor}:extract:{self.extractor.identity}"
