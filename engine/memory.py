@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
 from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
-from engine.timeutil import TimeLike, now_utc, to_aware, to_storage
+from engine.timeutil import TimeLike, now_utc, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
 from engine.validate import (
     InputMessage,
@@ -652,7 +652,7 @@ def _as_events(event_ids: list[int], rows: list[dict[str, Any]]) -> list[Event]:
     return [
         Event(id=event_id, kind=row["kind"], fact_id=row["fact_id"],
               lineage_id=row["lineage_id"], user_id=row["user_id"], old_text=row["old_text"],
-              new_text=row["new_text"], at=to_aware(row["at"]), actor=row["actor"],
+              new_text=row["new_text"], at=row["at"].replace(tzinfo=UTC), actor=row["actor"],
               reason=row["reason"], message_id=row["message_id"])
         for event_id, row in zip(event_ids, rows, strict=True)
     ]
