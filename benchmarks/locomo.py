@@ -9,6 +9,14 @@ the conversations the fusion weights were tuned on, ``held_out``: the others,
 ``all``) and per category: evidence recall@1/5/10/20 (share of a question's evidence
 turns in the top k, averaged) and MRR (first evidence turn, cut at 20).
 
+Facts mode (``--facts``): the LM extracts facts from every turn of the chosen
+conversations (``--facts-conversations``, default conv-30; ``--max-turns`` for a
+shorter run), one ``add(infer=True)`` per turn with the speaker as the message's name,
+so each fact points back to the turn it came from (its ADD/SUPERSEDE/UPDATE/DUPLICATE
+events name the turn's message). The same questions are scored on the extracted facts
+and on the raw turns; recall counts each evidence turn once however many of its facts
+are retrieved. Extraction time per turn and the turns that gave no fact are reported.
+
 ``--latency`` also times hybrid, BM25 and vector search end to end (query embedding
 by the real MiniLM, uncached, + search + DuckDB fetch of the hits) at 10k and 100k
 facts for one user, after a warm-up search has loaded the indexes. The facts are LoCoMo
@@ -16,7 +24,7 @@ turns repeated with a counter suffix, whose stored vectors are the real MiniLM v
 of the turns plus small noise (embedding 100k texts would take most of an hour on 2
 cores and would not change search cost).
 
-Run: ``python -m benchmarks locomo [--data PATH] [--latency] [--tune]``. The data is
+Run: ``python -m benchmarks locomo [--data PATH] [--latency] [--tune] [--facts]``. The data is
 read from ``../shared/data/locomo/locomo_dev.json`` (CC BY-NC 4.0: never copied here).
 """
 
@@ -119,15 +127,63 @@ def ingest(memory: Any, conversation: Conversation) -> dict[int, set[str]]:
     return dia_of
 
 
-def _metrics(rows: Sequence[tuple[int, list[bool], int]]) -> dict[str, Any]:
-    """rows: (category, hit flags of the ranked list, evidence count)."""
-    def summary(subset: Sequence[tuple[int, list[bool], int]]) -> dict[str, float]:
+def ingest_facts(memory: Any, conversation: Conversation, max_turns: int | None = None
+                 ) -> tuple[dict[int, set[str]], dict[str, Any]]:
+    """Facts mode: each turn is added with ``infer=True`` (the LM extracts facts), one
+    turn per call so that every fact points back to the turn it came from (its
+    metadata and its ADD/SUPERSEDE/UPDATE/DUPLICATE events name the turn). Returns
+    fact id -> dia_ids, and counts: turns, facts, turns that gave none, seconds."""
+    dia_of: dict[int, set[str]] = {}
+    turns = [(number, date, t) for number, (date, session) in
+             enumerate(conversation.sessions, start=1) for t in session][:max_turns]
+    seconds: list[float] = []
+    with_facts = 0
+    for number, date, turn in progress(turns, f"extract {conversation.sample}"):
+        start = time.perf_counter()
+        result = memory.add(
+            [{"role": "user", "name": turn["speaker"], "content": turn["text"],
+              "metadata": {"dia_id": turn["dia_id"], "speaker": turn["speaker"],
+                           "session": number}}],
+            user_id=conversation.sample, observed_at=date, infer=True)
+        seconds.append(time.perf_counter() - start)
+        found = {e.fact_id for e in result.events if e.fact_id is not None and
+                 e.kind in ("ADD", "SUPERSEDE", "UPDATE", "DUPLICATE")}
+        with_facts += bool(found)
+        for fact_id in found:
+            dia_of.setdefault(int(fact_id), set()).add(turn["dia_id"])
+    current, unextracted = memory.store.query(
+        "SELECT (SELECT count(*) FROM facts WHERE user_id = ? AND valid_to IS NULL"
+        " AND expired_at IS NULL), (SELECT count(*) FROM messages WHERE user_id = ?"
+        " AND status IN ('pending', 'failed'))", [conversation.sample] * 2)[0]
+    return dia_of, {"turns": len(turns), "turns_with_facts": with_facts,
+                    "current_facts": int(current),
+                    "messages_not_extracted": int(unextracted),
+                    "seconds": round(sum(seconds), 1),
+                    "s_per_turn": percentiles(seconds),
+                    "ingested": [t["dia_id"] for _, _, t in turns]}
+
+
+def _gains(hits: Sequence[Any], dia_of: dict[int, set[str]], evidence: set[str]) -> list[int]:
+    """How many evidence turns each ranked hit adds that no earlier hit covered (a turn
+    can give several facts, and a duplicate fact several turns)."""
+    seen: set[str] = set()
+    gains = []
+    for hit in hits:
+        new = (dia_of.get(hit.id, set()) & evidence) - seen
+        seen |= new
+        gains.append(len(new))
+    return gains
+
+
+def _metrics(rows: Sequence[tuple[int, list[int], int]]) -> dict[str, Any]:
+    """rows: (category, evidence turns gained at each rank, evidence count)."""
+    def summary(subset: Sequence[tuple[int, list[int], int]]) -> dict[str, float]:
         out: dict[str, float] = {"n": len(subset)}
         for k in KS:
             out[f"recall@{k}"] = round(
-                sum(min(sum(h[:k]), n) / n for _, h, n in subset) / max(len(subset), 1), 4)
-        out["mrr"] = round(sum(next((1 / (i + 1) for i, x in enumerate(h) if x), 0.0)
-                               for _, h, _ in subset) / max(len(subset), 1), 4)
+                sum(min(sum(g[:k]), n) / n for _, g, n in subset) / max(len(subset), 1), 4)
+        out["mrr"] = round(sum(next((1 / (i + 1) for i, x in enumerate(g) if x), 0.0)
+                               for _, g, _ in subset) / max(len(subset), 1), 4)
         return out
 
     result: dict[str, Any] = {"overall": summary(rows)}
@@ -137,13 +193,17 @@ def _metrics(rows: Sequence[tuple[int, list[bool], int]]) -> dict[str, Any]:
 
 
 def evaluate(memory: Any, conversations: list[Conversation], dia_of: dict[int, set[str]],
-             modes: Sequence[str] = MODES) -> dict[str, dict[str, Any]]:
-    """Metrics per mode and split."""
+             modes: Sequence[str] = MODES, ingested: set[str] | None = None
+             ) -> dict[str, dict[str, Any]]:
+    """Metrics per mode and split (``ingested``: only questions whose evidence turns
+    are all among these dia_ids)."""
     from engine.search import SearchRequest
 
-    per_mode: dict[str, dict[str, list[tuple[int, list[bool], int]]]] = {
+    per_mode: dict[str, dict[str, list[tuple[int, list[int], int]]]] = {
         m: {"tune": [], "held_out": [], "all": []} for m in modes}
     questions = [q for c in conversations for q in c.questions]
+    if ingested is not None:
+        questions = [q for q in questions if q.evidence <= ingested]
     for question in progress(questions, "locomo questions"):
         vector = memory.embedder.embed_query(question.text)
         split = "tune" if question.sample in TUNE else "held_out"
@@ -152,8 +212,8 @@ def evaluate(memory: Any, conversations: list[Conversation], dia_of: dict[int, s
                                     run_id=None, k=max(KS), filters=None, as_of=None,
                                     explain=False, mode=mode)
             hits = memory.searcher.search(request, vector)
-            flags = [bool(dia_of.get(h.id, set()) & question.evidence) for h in hits]
-            row = (question.category, flags, len(question.evidence))
+            row = (question.category, _gains(hits, dia_of, question.evidence),
+                   len(question.evidence))
             per_mode[mode][split].append(row)
             per_mode[mode]["all"].append(row)
     return {m: {s: _metrics(rows) for s, rows in splits.items()} for m, splits in
@@ -263,6 +323,40 @@ def latency(conversations: list[Conversation], spec: str, sizes: Sequence[int],
     return out
 
 
+def facts_mode(conversations: list[Conversation], spec: str, args: argparse.Namespace,
+               workdir: Path, raw_dia_of: dict[int, set[str]]) -> dict[str, Any]:
+    """Facts mode on the chosen conversations, beside raw-turn mode on the same questions."""
+    from engine.memory import Memory
+
+    wanted = [c.strip() for c in args.facts_conversations.split(",") if c.strip()]
+    chosen = [c for c in conversations if c.sample in wanted]
+    if not chosen:
+        raise SystemExit(f"no conversation named {wanted} in the data")
+    memory = Memory(workdir / "locomo-facts.duckdb", embedder=spec, device="cpu",
+                    extractor=args.lm, actor="locomo")
+    dia_of: dict[int, set[str]] = {}
+    extraction: dict[str, Any] = {}
+    ingested: set[str] = set()
+    try:
+        for conversation in chosen:
+            found, counts = ingest_facts(memory, conversation, args.max_turns)
+            dia_of.update(found)
+            ingested.update(counts.pop("ingested"))
+            extraction[conversation.sample] = counts
+        facts = evaluate(memory, chosen, dia_of, ingested=ingested)
+    finally:
+        memory.close()
+    raw = Memory(workdir / "locomo.duckdb", embedder=spec, device="cpu", read_only=True)
+    try:
+        turns = evaluate(raw, chosen, raw_dia_of, ingested=ingested)
+    finally:
+        raw.close()
+    return {"conversations": wanted, "lm": args.lm or "manifest default",
+            "max_turns": args.max_turns, "extraction": extraction,
+            "facts": {mode: facts[mode]["all"] for mode in MODES},
+            "raw_turns_same_questions": {mode: turns[mode]["all"] for mode in MODES}}
+
+
 def _plot(results: dict[str, Any], name: str) -> Path:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -293,6 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time 10k/100k facts and keep the saved recall results")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200, help="timed queries per mode")
+    parser.add_argument("--facts", action="store_true",
+                        help="also run facts mode: the LM extracts facts from every turn")
+    parser.add_argument("--facts-conversations", default="conv-30",
+                        help="conversations for facts mode, comma-separated (default conv-30,"
+                             " the shortest: about 30 minutes with the default LM on 2 cores)")
+    parser.add_argument("--lm", default=None, help="facts mode LM (default: the manifest's)")
+    parser.add_argument("--max-turns", type=int, default=None,
+                        help="facts mode: extract only the first N turns of each conversation"
+                             " (questions whose evidence lies beyond them are skipped)")
     args = parser.parse_args(argv)
     if not args.data.exists():
         parser.error(f"{args.data} not found (pass --data PATH)")
@@ -324,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.latency:
             sizes = [int(s) for s in args.sizes.split(",") if s]
             results["latency"] = latency(conversations, spec, sizes, args.queries, workdir)
+        if args.facts:
+            results["facts_mode"] = facts_mode(conversations, spec, args, workdir,
+                                               raw_dia_of=dia_of)
     results["questions"] = sum(len(c.questions) for c in conversations)
     results["questions_dropped"] = dropped
     config = {"data": str(args.data), "embedder": spec, "tune_split": list(TUNE),
@@ -341,5 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{row[label]['recall@10']:.3f}" for label in
                 ("overall", "category_1", "category_2", "category_3", "category_4"))
                   + f"  mrr {row['overall']['mrr']:.3f}")
+    if "facts_mode" in results:
+        for label, key in (("facts", "facts"), ("raw turns", "raw_turns_same_questions")):
+            row = results["facts_mode"][key]["hybrid"]["overall"]
+            print(f"[{label}, {','.join(results['facts_mode']['conversations'])}] hybrid "
+                  f"n={row['n']} " + "  ".join(f"r@{k}:{row[f'recall@{k}']:.3f}" for k in KS)
+                  + f"  mrr {row['mrr']:.3f}")
     print(f"wrote {path}")
     return 0

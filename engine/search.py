@@ -21,6 +21,7 @@ run one signal alone (benchmarks compare them).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -541,6 +542,14 @@ def _load_meta(raw: Any) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def _detached(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a fact's metadata for a hit: the fact may be the lexical index's cached
+    one, which a caller editing its hit must not change."""
+    if any(isinstance(v, (dict, list)) for v in metadata.values()):
+        return copy.deepcopy(metadata)
+    return dict(metadata)
+
+
 def _hit(fact: Fact, score: float, explain: dict[str, Any] | None) -> SearchHit:
     return SearchHit(
         id=fact.id,
@@ -550,7 +559,7 @@ def _hit(fact: Fact, score: float, explain: dict[str, Any] | None) -> SearchHit:
         agent_id=fact.agent_id,
         run_id=fact.run_id,
         category=fact.category,
-        metadata=fact.metadata,
+        metadata=_detached(fact.metadata),
         valid_from=fact.valid_from,
         valid_to=fact.valid_to,
         explain=explain,

@@ -7,13 +7,16 @@ targets live in ``benchmarks/``, measured, never asserted in tests).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from benchmarks import compare_mem0, latency, recall
 from benchmarks.__main__ import main as dispatch
 from benchmarks.facts import TEMPLATES, generate
+from engine.memory import Memory
 
 
 def _load(path: Path) -> dict:
@@ -77,3 +80,43 @@ def test_dispatcher_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) ->
     assert dispatch(["nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
     assert dispatch(["--help"]) == 0
+
+
+def test_locomo_facts_mode_points_each_fact_back_to_its_turn(
+    make_memory: Callable[..., Memory],
+) -> None:
+    from datetime import datetime
+
+    from benchmarks import locomo
+    from engine.extract import ExtractedFact
+    from engine.extract.scripted import ScriptedExtractor
+
+    turns = [
+        {"speaker": "Ann", "text": "I adopted a dog named Rex.", "dia_id": "D1:1"},
+        {"speaker": "Bob", "text": "Nice!", "dia_id": "D1:2"},
+        {"speaker": "Ann", "text": "Rex loves the beach, and I love hiking.", "dia_id": "D1:3"},
+    ]
+    extractor = ScriptedExtractor({
+        turns[0]["text"]: [ExtractedFact("Ann adopted a dog named Rex", "people", "Ann")],
+        turns[2]["text"]: [ExtractedFact("Ann's dog Rex loves the beach", "people", "Ann"),
+                           ExtractedFact("Ann loves hiking", "preference", "Ann")],
+    })
+    memory = make_memory(extractor=extractor)
+    conversation = locomo.Conversation("c1", [(datetime(2023, 5, 8), turns)], [
+        locomo.Question("c1", "What is the name of Ann's dog?", 1, {"D1:1"}),
+        locomo.Question("c1", "What does Ann love doing?", 4, {"D1:3"}),
+    ])
+    dia_of, counts = locomo.ingest_facts(memory, conversation)
+    assert sorted(sorted(turns) for turns in dia_of.values()) == [["D1:1"], ["D1:3"], ["D1:3"]]
+    assert (counts["turns"], counts["turns_with_facts"], counts["current_facts"]) == (3, 2, 3)
+    assert counts["messages_not_extracted"] == 0
+    ids = {fact.text: fact.id for fact in memory.get_all(user_id="c1")}
+    assert dia_of[ids["Ann adopted a dog named Rex"]] == {"D1:1"}
+    # Two facts from one evidence turn count once: the second adds nothing.
+    hits = [SimpleNamespace(id=ids["Ann's dog Rex loves the beach"]),
+            SimpleNamespace(id=ids["Ann loves hiking"])]
+    assert locomo._gains(hits, dia_of, {"D1:3"}) == [1, 0]
+    scores = locomo.evaluate(memory, [conversation], dia_of, modes=("lexical",),
+                             ingested={"D1:1", "D1:2"})
+    assert scores["lexical"]["all"]["overall"]["n"] == 1  # the D1:3 question is skipped
+    assert scores["lexical"]["all"]["overall"]["recall@1"] == 1.0

@@ -192,6 +192,9 @@ def test_hits_come_from_the_index_documents_and_match_the_store(
     stored = memory.get(ids["D1:5"])
     assert (hits[0].text, hits[0].metadata, hits[0].valid_from) == (
         stored.text, stored.metadata, stored.valid_from)
+    hits[0].metadata["speaker"] = "someone else"  # a caller editing its hit...
+    again = memory.search("Who loves walks on the beach?", user_id="caroline")
+    assert again[0].metadata["speaker"] == "Caroline"  # ...does not edit the index
 
 
 def test_a_write_the_indexes_have_not_seen_is_checked_in_the_store(
