@@ -117,6 +117,7 @@ class Memory:
             extractor if extractor is not None and not isinstance(extractor, str) else None
         )
         self._extractor_lock = threading.Lock()
+        self.store.on_rollback(self._drop_indexes)
         self._worker = BackgroundWorker(self._process)
         self._closed = False
         if process_pending and not read_only:
@@ -612,6 +613,12 @@ class Memory:
         return data
 
     # ---- internals -------------------------------------------------------------------
+
+    def _drop_indexes(self, user_ids: set[str]) -> None:
+        """Forget users' in-memory indexes (rebuilt from the store on their next search)."""
+        for user_id in user_ids:
+            self.index.invalidate(user_id)
+            self.searcher.lexical.invalidate(user_id)
 
     @staticmethod
     def _scope_clauses(

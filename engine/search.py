@@ -316,12 +316,16 @@ class Searcher:
         DuckDB (a write is landing: the store has the last word)."""
         if self.store.known_generation(request.user_id) != lexical.generation:
             return self._current_by_id(request, ids)
-        facts = {}
+        facts, unknown = {}, []
         for fact_id in ids:
             document = lexical.document(fact_id)
             fact = None if document is None else document.fact
-            if fact is not None and _in_scope(request, fact):
+            if fact is None:
+                unknown.append(fact_id)  # a document without its fact (custom index)
+            elif fact.is_current and _in_scope(request, fact):
                 facts[fact_id] = fact
+        if unknown:
+            facts.update(self._current_by_id(request, unknown))
         return facts
 
     def _current_by_id(self, request: SearchRequest, ids: Sequence[int]) -> dict[int, Fact]:

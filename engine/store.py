@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +38,22 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["CURRENT", "FACT_COLUMNS", "NewFact", "Store", "content_hash", "id_list"]
+
+_MIRRORS: dict[str, dict[str, int]] = {}
+_MIRRORS_LOCK = threading.Lock()
+
+
+def _generation_mirror(path: str) -> dict[str, int]:
+    """The in-process record of users' committed generations for one database file.
+
+    DuckDB shares one database between all connections a process opens on a file, so
+    every ``Store`` on that file shares one mirror (``:memory:`` stores are private).
+    """
+    if path == ":memory:":
+        return {}
+    key = str(Path(path).resolve())
+    with _MIRRORS_LOCK:
+        return _MIRRORS.setdefault(key, {})
 
 FACT_COLUMNS = (
     "id, text, user_id, agent_id, run_id, category, metadata, valid_from, valid_to, "
@@ -130,8 +146,9 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._in_transaction = False
-        self._generations: dict[str, int] = {}
+        self._generations = _generation_mirror(self.path)
         self._pending_generations: dict[str, int] = {}
+        self._rollback_listeners: list[Callable[[set[str]], None]] = []
         self._migrate(embedder_identity, dim, read_only)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -193,34 +210,50 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Run the block in one DuckDB transaction (nested calls join the outer one)."""
-        with self._lock:
-            if self._in_transaction:
-                yield self._con
-                return
-            self._con.execute("BEGIN TRANSACTION")
-            self._in_transaction = True
-            try:
-                yield self._con
-            except BaseException:
+        rolled_back: set[str] = set()
+        try:
+            with self._lock:
+                if self._in_transaction:
+                    yield self._con
+                    return
+                self._con.execute("BEGIN TRANSACTION")
+                self._in_transaction = True
+                try:
+                    yield self._con
+                except BaseException:
+                    self._in_transaction = False
+                    rolled_back = self._forget_pending_generations()
+                    self._con.execute("ROLLBACK")
+                    raise
                 self._in_transaction = False
-                self._forget_pending_generations()
-                self._con.execute("ROLLBACK")
-                raise
-            self._in_transaction = False
-            pending = dict(self._pending_generations)
-            try:
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._forget_pending_generations()
-                raise
-            self._pending_generations.clear()
-            self._generations.update(pending)
+                pending = dict(self._pending_generations)
+                try:
+                    self._con.execute("COMMIT")
+                except BaseException:
+                    rolled_back = self._forget_pending_generations()
+                    raise
+                self._pending_generations.clear()
+                self._generations.update(pending)
+        finally:
+            # Outside the lock: listeners take index locks, which are held while
+            # indexes load from the store.
+            if rolled_back:
+                for listener in self._rollback_listeners:
+                    listener(rolled_back)
 
-    def _forget_pending_generations(self) -> None:
-        """A transaction that bumped generations did not commit: those are unknown now."""
-        for user_id in self._pending_generations:
+    def _forget_pending_generations(self) -> set[str]:
+        """A transaction that bumped generations did not commit: those are unknown now.
+        Returns the users whose in-memory indexes may hold its changes."""
+        users = set(self._pending_generations)
+        for user_id in users:
             self._generations.pop(user_id, None)
         self._pending_generations.clear()
+        return users
+
+    def on_rollback(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(user_ids)`` when a transaction that bumped those users'
+        generations rolls back (their in-memory indexes may hold uncommitted changes)."""
+        self._rollback_listeners.append(listener)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows."""
@@ -492,16 +525,17 @@ class Store:
 
     def generation(self, user_id: str) -> int:
         """The user's index generation, read from the store (and remembered)."""
-        rows = self.query("SELECT generation FROM index_state WHERE user_id = ?", [user_id])
-        generation = int(rows[0][0]) if rows else 0
-        self._generations[user_id] = generation
+        with self._lock:
+            rows = self.query("SELECT generation FROM index_state WHERE user_id = ?", [user_id])
+            generation = int(rows[0][0]) if rows else 0
+            self._generations[user_id] = generation
         return generation
 
     def known_generation(self, user_id: str) -> int | None:
         """The user's generation as this process last committed or read it, with no query.
 
-        DuckDB lets one process write a store, so this mirror is exact except
-        between a commit and the next read; None when unknown.
+        DuckDB lets one process write a store and this mirror is shared by every
+        ``Store`` the process opens on the file, so it is exact; None when unknown.
         """
         return self._generations.get(user_id)
 

@@ -107,7 +107,7 @@ def test_locomo_facts_mode_points_each_fact_back_to_its_turn(
         locomo.Question("c1", "What does Ann love doing?", 4, {"D1:3"}),
     ])
     dia_of, counts = locomo.ingest_facts(memory, conversation)
-    assert sorted(sorted(turns) for turns in dia_of.values()) == [["D1:1"], ["D1:3"], ["D1:3"]]
+    assert sorted(sorted(dias) for dias in dia_of.values()) == [["D1:1"], ["D1:3"], ["D1:3"]]
     assert (counts["turns"], counts["turns_with_facts"], counts["current_facts"]) == (3, 2, 3)
     assert counts["messages_not_extracted"] == 0
     ids = {fact.text: fact.id for fact in memory.get_all(user_id="c1")}

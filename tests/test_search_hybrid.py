@@ -176,17 +176,16 @@ def test_the_users_own_name_in_a_query_reads_as_user() -> None:
 
 
 def test_hits_come_from_the_index_documents_and_match_the_store(
-    chat: tuple[Memory, dict[str, int]],
+    chat: tuple[Memory, dict[str, int]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     memory, ids = chat
     memory.search("dog", user_id="caroline")  # loads the user's indexes
     calls: list[str] = []
     original = memory.store.query
-    memory.store.query = lambda sql, params=None: calls.append(sql) or original(sql, params)
-    try:
-        hits = memory.search("Who loves walks on the beach?", user_id="caroline")
-    finally:
-        memory.store.query = original
+    monkeypatch.setattr(memory.store, "query",
+                        lambda sql, params=None: calls.append(sql) or original(sql, params))
+    hits = memory.search("Who loves walks on the beach?", user_id="caroline")
+    monkeypatch.undo()
     assert not calls, "an unfiltered search with fresh indexes should not query DuckDB"
     assert hits[0].id == ids["D1:5"]
     stored = memory.get(ids["D1:5"])
@@ -222,3 +221,29 @@ def test_a_rolled_back_generation_is_forgotten(make_memory: Callable[..., Memory
     assert memory.store.known_generation("u") is None
     assert memory.store.generation("u") == known
     assert memory.store.known_generation("u") == known
+
+
+def test_a_rolled_back_write_leaves_no_trace_in_search(make_memory: Callable[..., Memory]) -> None:
+    memory = make_memory()
+    memory.add("I keep bees in the garden", user_id="u", infer=False)
+    memory.search("bees", user_id="u")  # the user's indexes are loaded
+    with pytest.raises(RuntimeError), memory.store.transaction():
+        memory.add("I keep goats on the hill", user_id="u", infer=False)
+        raise RuntimeError("the caller's transaction fails")
+    assert [h.text for h in memory.search("goats on the hill", user_id="u")] == [
+        "I keep bees in the garden"]
+    memory.add("I keep hens by the barn", user_id="u", infer=False)
+    texts = [h.text for h in memory.search("hens goats barn hill", user_id="u")]
+    assert "I keep hens by the barn" in texts
+    assert "I keep goats on the hill" not in texts
+
+
+def test_two_memories_on_one_file_see_each_others_deletes(
+    make_memory: Callable[..., Memory],
+) -> None:
+    writer = make_memory()
+    fact_id = writer.add("I collect stamps", user_id="u", infer=False).fact_ids[0]
+    reader = make_memory()  # same file, same process: DuckDB shares the database
+    assert reader.search("stamps", user_id="u")[0].id == fact_id
+    writer.delete(fact_id)
+    assert reader.search("stamps", user_id="u") == []
