@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CURRENT", "FACT_COLUMNS", "NewFact", "Store", "content_hash", "id_list"]
 
+CHECKPOINT_THRESHOLD = "256MB"
+"""WAL size at which DuckDB checkpoints a store opened for writing."""
+
 _MIRRORS: dict[str, dict[str, int]] = {}
 _MIRRORS_LOCK = threading.Lock()
 
@@ -149,6 +152,12 @@ class Store:
         self._generations = _generation_mirror(self.path)
         self._pending_generations: dict[str, int] = {}
         self._rollback_listeners: list[Callable[[set[str]], None]] = []
+        if not read_only:
+            # Every checkpoint rewrites the primary-key indexes whole, so at DuckDB's 16 MB
+            # default a growing store checkpoints every ~7k facts at a cost that grows with
+            # it (0.9 s per checkpoint at 100k facts). 256 MB: 100k facts ingest in 6.0 s
+            # instead of 11.8 s (hashing embedder, batches of 1,000); close still checkpoints.
+            self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._migrate(embedder_identity, dim, read_only)
 
     # ---- lifecycle -------------------------------------------------------------------
