@@ -150,7 +150,7 @@ def _in_scope(request: SearchRequest, fact: Fact) -> bool:
     return (fact.user_id == request.user_id
             and request.agent_id in (None, fact.agent_id)
             and request.run_id in (None, fact.run_id)
-            and matches(request.filters, _record(fact)))
+            and (not request.filters or matches(request.filters, _record(fact))))
 
 
 def _record(fact: Fact) -> dict[str, Any]:
