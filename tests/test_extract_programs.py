@@ -1,4 +1,5 @@
-"""engine.extract.programs: DspyExtractor validates, retries, ignores invented aliases.
+"""engine.extract.programs: DspyExtractor validates, retries, normalises slots, ignores
+invented aliases.
 
 Most tests drive the real DSPy programs through a canned *engine* (a test double for
 the LM, as DSPy's own DummyEngine is), so the code under test is the real extractor,
@@ -18,9 +19,9 @@ from typing import Any
 import pytest
 
 from engine.errors import ExtractionError, ModelError
-from engine.extract import LABELS, Candidate, ExtractedFact, Extractor, Turn
+from engine.extract import ExtractedFact, Extractor, KnownFact, Turn
 from engine.extract.dates import date_hints, resolve_relative
-from engine.extract.programs import CATEGORIES, DspyExtractor, format_conversation
+from engine.extract.programs import DspyExtractor, format_conversation
 
 WHEN = datetime(2024, 6, 12, 9, 30)  # a Wednesday
 
@@ -63,20 +64,28 @@ def _facts(*facts: dict[str, str]) -> str:
 
 def test_valid_answer_becomes_extracted_facts() -> None:
     engine = CannedEngine([_facts(
-        {"text": "User loves coffee", "category": "preference", "about": "Maria",
-         "valid_from": ""},
-        {"text": "User starts at Google", "category": "work", "about": "user",
-         "valid_from": "2024-06-17"},
-        {"text": "User is in Lisbon today", "category": "place", "about": "I",
-         "valid_from": "2024-06-12"},
+        {"text": "User loves coffee", "subject": "Maria", "slot": "Daily_Drink",
+         "value": "coffee"},
+        {"text": "User starts at Google", "subject": "user", "slot": "employer",
+         "value": "Google", "since": "2024-06-17"},
+        {"text": "User is in Lisbon today", "subject": "I", "slot": "city",
+         "value": "Lisbon", "since": "2024-06-12"},
+        {"text": "User's sister Ana is a nurse", "subject": "User's sister Ana",
+         "slot": "job", "value": "nurse", "ends": 0},
     )])
     extractor = DspyExtractor(engine=engine, program=False)
     assert isinstance(extractor, Extractor)
-    facts = extractor.extract([Turn("user", "I love coffee; Google next week", WHEN, "Maria")])
-    assert facts == [
-        ExtractedFact("User loves coffee", "preference", "user", None),  # Maria is the user
-        ExtractedFact("User starts at Google", "work", "user", datetime(2024, 6, 17)),
-        ExtractedFact("User is in Lisbon today", "place", "user", None),  # said that day
+    known = [KnownFact(0, "User's sister Ana is a teacher", "sister Ana", "job", "teacher",
+                       datetime(2024, 1, 1))]
+    facts = extractor.extract([Turn("user", "I love coffee; Google next week", WHEN, "Maria")],
+                              known)
+    assert facts == [  # Maria is the user; slot names are normalised; category from slot
+        ExtractedFact("User loves coffee", "preference", "user", None, "daily drink", "coffee"),
+        ExtractedFact("User starts at Google", "work", "user", datetime(2024, 6, 17), "job",
+                      "Google"),
+        ExtractedFact("User is in Lisbon today", "place", "user", None, "home city", "Lisbon"),
+        ExtractedFact("User's sister Ana is a nurse", "work", "sister Ana", None, "job", "nurse",
+                      ends=0),
     ]
     assert extractor.identity == "dspy/canned/zero-shot"
     request = engine.requests[0]
@@ -85,6 +94,18 @@ def test_valid_answer_becomes_extracted_facts() -> None:
     assert schema["properties"]["facts"]["maxItems"] == 8
     prompt = request.messages[-1].text
     assert "next week = 2024-06-19" in prompt and "Maria: I love coffee" in prompt
+    assert "0: sister Ana | job | User's sister Ana is a teacher (since 2024-01-01)" in prompt
+
+
+def test_aliases_not_offered_are_ignored_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    engine = CannedEngine([_facts(
+        {"text": "User drinks tea now", "subject": "user", "slot": "daily drink",
+         "value": "tea", "ends": 7})])
+    extractor = DspyExtractor(engine=engine, program=False)
+    with caplog.at_level(logging.WARNING, logger="engine.extract.programs"):
+        (fact,) = extractor.extract([Turn("user", "tea for me now", WHEN)])
+    assert fact.ends is None and "not offered" in caplog.text
+    assert "none" in engine.requests[0].messages[-1].text  # no known facts were shown
 
 
 def test_garbage_from_the_lm_is_retried_then_raises() -> None:
@@ -99,11 +120,11 @@ def test_garbage_from_the_lm_is_retried_then_raises() -> None:
 
 def test_invalid_values_are_retried_and_a_good_retry_wins() -> None:
     engine = CannedEngine([
-        _facts({"text": "", "category": "other", "about": "user", "valid_from": ""}),
-        _facts({"text": "User moved", "category": "place", "about": "user",
-                "valid_from": "2024-02-30"}),
-        _facts({"text": "User moved to Porto", "category": "place", "about": "user",
-                "valid_from": ""}),
+        _facts({"text": "", "subject": "user", "slot": "home city", "value": ""}),
+        _facts({"text": "User moved", "subject": "user", "slot": "home city", "value": "?",
+                "since": "2024-02-30"}),
+        _facts({"text": "User moved to Porto", "subject": "user", "slot": "home city",
+                "value": "Porto"}),
     ])
     extractor = DspyExtractor(engine=engine, program=False, retries=2)
     facts = extractor.extract([Turn("user", "I moved to Porto", WHEN)])
@@ -123,31 +144,11 @@ def test_chit_chat_and_empty_input_make_no_call() -> None:
     assert len(engine.requests) == 1
 
 
-def test_resolve_ignores_and_logs_aliases_not_offered(caplog: pytest.LogCaptureFixture) -> None:
-    engine = CannedEngine([json.dumps({"labels": [
-        {"alias": 0, "label": "superseded"}, {"alias": 7, "label": "duplicate"}]})])
-    extractor = DspyExtractor(engine=engine, program=False)
-    candidates = [Candidate(0, "User loves coffee", datetime(2024, 5, 1)),
-                  Candidate(1, "User lives in Porto", datetime(2024, 5, 1))]
-    with caplog.at_level(logging.WARNING, logger="engine.extract.programs"):
-        labels = extractor.resolve(ExtractedFact("User drinks tea now"), candidates)
-    assert labels == {0: "superseded"}  # 1 missing = unrelated; 7 invented: ignored
-    assert "alias 7" in caplog.text
-    prompt = engine.requests[0].messages[-1].text
-    assert "0: User loves coffee (since 2024-05-01)" in prompt
-
-
-def test_resolve_without_candidates_makes_no_call() -> None:
-    engine = CannedEngine([])
-    assert DspyExtractor(engine=engine, program=False).resolve(ExtractedFact("x y z"), []) == {}
-    assert engine.requests == []
-
-
 def test_long_input_is_extracted_in_chunks() -> None:
     def reply(request: Any) -> str:
         first_line = request.messages[-1].text.split("User: ", 1)[1][:18]
-        return _facts({"text": f"User said: {first_line}", "category": "other",
-                       "about": "user", "valid_from": ""})
+        return _facts({"text": f"User said: {first_line}", "subject": "user",
+                       "slot": "notes", "value": first_line})
 
     engine = CannedEngine(reply)
     extractor = DspyExtractor(engine=engine, program=False, max_chunk_chars=200)
@@ -178,10 +179,10 @@ def test_compiled_program_is_loaded_and_named(tmp_path: Path) -> None:
 
     dspy = import_dspy()
     extractor.program.extract.demos = [dspy.Example(
-        observation_date="2024-01-01 (Monday)", date_hints="none",
+        observation_date="2024-01-01 (Monday)", date_hints="none", known="none",
         conversation="User: I live in Porto.",
-        facts=[{"text": "User lives in Porto", "category": "place", "about": "user",
-                "valid_from": ""}])]
+        facts=[{"text": "User lives in Porto", "subject": "user", "slot": "home city",
+                "value": "Porto"}])]
     extractor.program.save(str(program_file))
     engine = CannedEngine([_facts()])
     loaded = DspyExtractor(engine=engine, program=program_file)
@@ -243,60 +244,33 @@ def _smollm2() -> str:
 
 
 @pytest.mark.model
-def test_real_small_model_extracts_and_resolves_within_the_contract() -> None:
-    with DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256,
-                       resolve_mode="pairwise") as extractor:
+def test_real_small_model_extracts_within_the_contract() -> None:
+    with DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256) as extractor:
+        known = [KnownFact(0, "User lives in Lisbon", "user", "home city", "Lisbon",
+                           datetime(2024, 5, 1))]
         try:
-            facts = extractor.extract([Turn("user", "I love coffee and I live in Porto.", WHEN)])
+            facts = extractor.extract(
+                [Turn("user", "I love coffee and I live in Porto now.", WHEN)], known)
         except ExtractionError:
             facts = None  # allowed by the contract; the message would stay pending
         if facts is not None:
-            assert all(isinstance(f, ExtractedFact) and f.category in CATEGORIES
-                       for f in facts)
-        labels = extractor.resolve(
-            ExtractedFact("User drinks green tea instead of coffee"),
-            [Candidate(0, "User loves coffee", datetime(2024, 5, 1)),
-             Candidate(1, "User lives in Porto", datetime(2024, 5, 1))])
-        assert set(labels) <= {0, 1} and set(labels.values()) <= set(LABELS)
-        assert extractor.engine.stats.calls >= 2
+            assert all(isinstance(f, ExtractedFact) and f.text for f in facts)
+            assert all(f.ends in (None, 0) for f in facts)
+        assert extractor.engine.stats.calls >= 1
 
 
-def test_pairwise_resolve_makes_one_call_per_candidate() -> None:
-    def reply(request: Any) -> str:
-        stored = request.messages[-1].text
-        return json.dumps({"relation": "superseded" if "coffee" in stored else "unrelated"})
-
-    engine = CannedEngine(reply)
-    extractor = DspyExtractor(engine=engine, program=False, resolve_mode="pairwise")
-    candidates = [Candidate(3, "User loves coffee", datetime(2024, 5, 1)),
-                  Candidate(5, "User lives in Porto", datetime(2024, 5, 1))]
-    labels = extractor.resolve(ExtractedFact("User drinks tea now"), candidates)
-    assert labels == {3: "superseded", 5: "unrelated"}
-    assert len(engine.requests) == 2
-    schema = engine.requests[0].config.response_format["schema"]
-    assert schema["properties"]["relation"]["enum"] == list(LABELS)
-
-
-def test_resolver_labels_below_their_similarity_gate_become_unrelated() -> None:
-    engine = CannedEngine([json.dumps({"labels": [
-        {"alias": 0, "label": "superseded"}, {"alias": 1, "label": "duplicate"},
-        {"alias": 2, "label": "duplicate"}, {"alias": 3, "label": "refined"}]})])
-    extractor = DspyExtractor(engine=engine, program=False)
-    day = datetime(2024, 5, 1)
-    candidates = [Candidate(0, "User plays the piano", day, 0.66),   # below 0.7
-                  Candidate(1, "User really likes coffee", day, 0.95),
-                  Candidate(2, "User lives in Vancouver", day, 0.78),  # below 0.85
-                  Candidate(3, "User has a cat named Luna", day, None)]  # not gated
-    labels = extractor.resolve(ExtractedFact("User plays guitar"), candidates)
-    assert labels == {0: "unrelated", 1: "duplicate", 2: "unrelated", 3: "refined"}
+def test_the_shipped_program_loads_for_any_model() -> None:
+    extractor = DspyExtractor(engine=CannedEngine([_facts()], name="my-own-8b"))
+    assert extractor.identity.startswith("dspy/my-own-8b/default@")
+    assert len(extractor.program.extract.demos) >= 6
 
 
 def test_a_fact_that_names_its_time_gets_that_date_when_the_model_left_it_empty() -> None:
     engine = CannedEngine([_facts(
-        {"text": "User's sister Ana is visiting next week", "category": "plan",
-         "about": "Ana", "valid_from": ""},
-        {"text": "User moved here in January", "category": "place", "about": "user",
-         "valid_from": ""})])
+        {"text": "User's sister Ana is visiting next week", "subject": "Ana",
+         "slot": "plans", "value": "visit"},
+        {"text": "User moved here in January", "subject": "user", "slot": "home city",
+         "value": "here"})])
     extractor = DspyExtractor(engine=engine, program=False)
     facts = extractor.extract([Turn("user", "My sister Ana is visiting next week.", WHEN)])
     assert facts[0].valid_from == datetime(2024, 6, 19)  # said on 2024-06-12

@@ -1,26 +1,24 @@
-"""Extraction: turning conversation messages into standalone facts, and labelling
-how a new fact relates to facts already stored.
+"""Extraction: turning conversation messages into standalone facts with slots.
 
 This package defines the contract the ``Memory`` pipeline relies on; the LM-backed
-implementation (DSPy programs over a local GGUF through llama.cpp) lives in
+implementation (a DSPy program over a local GGUF through llama.cpp) lives in
 :mod:`engine.extract.programs`, and :class:`~engine.extract.scripted.ScriptedExtractor`
 is a deterministic test double that ships with the package (as httpx ships a mock
 transport) so applications can test their own code without a model.
 
-The LM never sees or returns real ids: candidates are numbered 0..n-1 (aliases) and
-labels come back per alias. Code, not the LM, applies every change.
+One LM call per turn: the extractor sees the user's stored facts that are close to the
+message (:class:`KnownFact`: their text and slot, never their ids), so it reuses their slot
+names. Code, not the LM, decides and applies every change (:mod:`engine.pipeline`, :mod:`engine.extract.slots`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-__all__ = ["LABELS", "Candidate", "ExtractedFact", "Extractor", "Label", "Turn"]
-
-Label = Literal["duplicate", "superseded", "refined", "unrelated"]
-LABELS: tuple[Label, ...] = ("duplicate", "superseded", "refined", "unrelated")
+__all__ = ["ExtractedFact", "Extractor", "KnownFact", "Turn"]
 
 
 @dataclass(frozen=True)
@@ -34,34 +32,33 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class KnownFact:
+    """A stored current fact shown to the extractor (by its text and slot, never its id)."""
+
+    text: str
+    subject: str | None
+    slot: str | None
+    value: str | None
+    valid_from: datetime
+
+
+@dataclass(frozen=True)
 class ExtractedFact:
     """A standalone fact found in the messages.
 
-    ``text`` must make sense on its own ("Maria's sister Ana is visiting Lisbon"),
-    ``about`` is whom it concerns ("user" or a person's name), ``valid_from`` is when
-    it became (or becomes) true when the messages say so ("next week" resolved to a
-    date); None means "from when it was said". ``replaces`` is the earlier state the
-    messages themselves say has ended ("User drinks coffee" for "I've stopped drinking
-    coffee"), or None: stored facts close to it are superseded by code, without asking
-    the resolver, because the user said so.
+    ``text`` must make sense on its own, in English ("User's sister Ana is visiting
+    Lisbon"). ``about`` is its subject ("user" or the person: "sister Ana"), ``slot`` the
+    attribute ("home city", "pets") and ``value`` its value ("Porto"), both None when the
+    model gave none. ``valid_from`` is when it became (or becomes) true when the messages
+    say so ("next week" resolved to a date); None means "from when it was said".
     """
 
     text: str
     category: str | None = None
     about: str = "user"
     valid_from: datetime | None = None
-    replaces: str | None = None
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A stored fact shown to the resolver under a small integer alias, with its cosine
-    similarity to the new fact (None when unknown)."""
-
-    alias: int
-    text: str
-    valid_from: datetime
-    similarity: float | None = None
+    slot: str | None = None
+    value: str | None = None
 
 
 @runtime_checkable
@@ -73,14 +70,7 @@ class Extractor(Protocol):
         """A name for the model and program, recorded as the actor of its events."""
         ...
 
-    def extract(self, turns: list[Turn]) -> list[ExtractedFact]:
-        """Standalone facts stated in ``turns`` (empty for chit-chat)."""
-        ...
-
-    def resolve(self, fact: ExtractedFact, candidates: list[Candidate]) -> dict[int, Label]:
-        """How ``fact`` relates to each candidate, keyed by alias.
-
-        Aliases missing from the answer count as unrelated; aliases that were not
-        offered are ignored by the caller (and logged).
-        """
+    def extract(self, turns: list[Turn], known: Sequence[KnownFact] = ()) -> list[ExtractedFact]:
+        """Standalone facts stated in ``turns`` (empty for chit-chat), given the stored
+        facts ``known`` that the turns may repeat, change or correct."""
         ...

@@ -1,16 +1,20 @@
-"""DSPy programs that extract facts and label candidates, over a local GGUF.
+"""The DSPy program that extracts facts with slots, over a local GGUF.
 
-Two typed Signatures (DSPy style: the docstring is the instruction, fields are typed):
-:class:`ExtractFacts` and :class:`ResolveFact`. :class:`DspyExtractor` runs them with
-DSPy's ``JSONAdapter`` through :class:`engine.lm.LlamaCppEngine` (or any engine), so
-the output is constrained by a JSON schema built from the output fields; it then
-validates what comes back, retries a bounded number of times, and raises
-:class:`~engine.errors.ExtractionError` when the model still fails.
+One typed Signature (DSPy style: the docstring is the instruction, fields are typed):
+:class:`~engine.extract.signatures.ExtractMemories`. :class:`DspyExtractor` runs it with
+DSPy's ``JSONAdapter`` through :class:`engine.lm.LlamaCppEngine` (or any engine), so the
+output is constrained by a JSON schema built from the output fields; it then validates
+what comes back (slot names normalised, aliases checked, dates parsed), retries a bounded
+number of times, and raises :class:`~engine.errors.ExtractionError` when the model still
+fails. The model writes only what code cannot compute, one compact line per fact: the
+sentence, its subject, slot and value, and a date when the message gives one; the category comes from
+the slot (:func:`engine.extract.slots.category_of`).
 
-A compiled program (few-shot demos chosen by a DSPy optimizer) ships as
-``engine/extract/compiled/<model name>.json`` and is loaded when present.
+A compiled program (few-shot demos chosen from the labeled train split) ships as
+``engine/extract/compiled/<model name>.json`` and is loaded when present; otherwise
+``compiled/default.json``.
 
-DSPy is imported lazily (``import engine`` stays light): the Signatures live in
+DSPy is imported lazily (``import engine`` stays light): the Signature lives in
 :mod:`engine.extract.signatures`, imported on first use.
 """
 
@@ -24,45 +28,31 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.errors import EngineError, ExtractionError, ModelError
-from engine.extract import LABELS, Candidate, ExtractedFact, Label, Turn
+from engine.extract import ExtractedFact, KnownFact, Turn
 from engine.extract.dates import date_hints, stated_date
 from engine.extract.salience import worth_extracting
+from engine.extract.slots import category_of, normalise_attribute, normalise_subject
 
 if TYPE_CHECKING:
     import dspy
 
 __all__ = [
-    "CATEGORIES",
     "COMPILED_DIR",
-    "DUPLICATE_MIN_SIMILARITY",
-    "LINK_MIN_SIMILARITY",
     "DspyExtractor",
-    "gate_label",
     "compiled_program_path",
-    "format_candidates",
     "format_conversation",
+    "format_known",
+    "format_line",
     "signatures",
 ]
 
 log = logging.getLogger(__name__)
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
-
-CATEGORIES = ("preference", "person", "place", "work", "health", "plan", "event",
-              "possession", "other")
-_USER_WORDS = {"user", "the user", "me", "i", "myself", "speaker", "you"}
 _MAX_FACTS = 8
-LINK_MIN_SIMILARITY = 0.7
-"""Cosine similarity a candidate needs for the LM's ``superseded`` or ``refined`` to
-stand; ``DUPLICATE_MIN_SIMILARITY`` is the same for ``duplicate``. Below them the label
-becomes ``unrelated`` and the new fact is simply added. A small model's labels are noisy
-(benchmarks/results/extraction.md); the gates keep a wrong label from closing an
-unrelated fact ("User plays guitar" vs "User plays the piano": 0.66) or from swallowing
-a new one. Candidates without a similarity are not gated."""
-DUPLICATE_MIN_SIMILARITY = 0.85
 
 
 def signatures() -> Any:
@@ -100,10 +90,16 @@ def format_conversation(turns: Sequence[Turn]) -> tuple[str, str, str]:
     return f"{last.isoformat()} ({last.strftime('%A')})", hints, "\n".join(lines)
 
 
-def format_candidates(candidates: Sequence[Candidate]) -> str:
-    """Stored facts as ``"alias: text (since YYYY-MM-DD)"`` lines."""
-    return "\n".join(f"{c.alias}: {c.text} (since {c.valid_from.date().isoformat()})"
-                     for c in candidates)
+def format_line(subject: str | None, slot: str | None, value: str | None, text: str) -> str:
+    """A fact as the model reads and writes it: ``sentence | subject | slot | value``."""
+    return f"{text} | {subject or 'user'} | {slot or '-'} | {value or '-'}"
+
+
+def format_known(known: Sequence[KnownFact]) -> str:
+    """Known facts as ``sentence | subject | slot | value`` lines, or "none"."""
+    if not known:
+        return "none"
+    return "\n".join(format_line(k.subject, k.slot, k.value, k.text) for k in known)
 
 
 def _chunks(turns: Sequence[Turn], max_chars: int) -> Iterator[list[Turn]]:
@@ -144,10 +140,6 @@ class _InvalidAnswerError(Exception):
     """An answer that parsed but breaks the contract (retried)."""
 
 
-def _field(item: Any, name: str) -> Any:
-    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-
-
 def _parse_date(value: Any) -> datetime | None:
     text = str(value or "").strip()
     if not text:
@@ -158,35 +150,52 @@ def _parse_date(value: Any) -> datetime | None:
         raise _InvalidAnswerError(f"valid_from {text!r} is not a calendar date") from exc
 
 
+def _text(value: Any) -> str:
+    return " ".join(str(value or "").split())
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_EMPTY = {"", "-", "none", "n/a", "null"}
+
+
+def _fact_from_line(line: str, user_names: set[str], observed: date) -> ExtractedFact:
+    """One ``sentence | subject | slot | value [| date]`` line as a fact.
+
+    A line with fewer fields is kept as a fact without a slot when its first field reads
+    as a sentence (a small model's slip should not lose what the user said).
+    """
+    parts = [_text(p) for p in line.split("|")]
+    when = None
+    if len(parts) >= 5 and _DATE.match(parts[-1]):
+        when = _parse_date(parts.pop())
+    if len(parts) >= 4:
+        text, subject, slot, value = parts[0], parts[1], parts[2], " ".join(parts[3:])
+    else:
+        text, subject, slot, value = parts[0], "user", "", ""
+    if len(text) < 3 or " " not in text:
+        raise _InvalidAnswerError(f"fact {line!r} has no sentence")
+    if when is not None and when.date() == observed:
+        when = None  # "from the day it was said" is what None already means
+    if when is None and (said := stated_date(text, observed)) is not None and said != observed:
+        when = datetime.combine(said, datetime.min.time())
+    attribute = normalise_attribute(slot) if slot.casefold() not in _EMPTY else ""
+    return ExtractedFact(text=text, category=category_of(attribute or None),
+                         about=normalise_subject(subject, user_names), valid_from=when,
+                         slot=attribute or None,
+                         value=value if value.casefold() not in _EMPTY else None)
+
+
 def _facts_from(items: Any, user_names: set[str], observed: date) -> list[ExtractedFact]:
     if not isinstance(items, list):
         raise _InvalidAnswerError(f"facts is {type(items).__name__}, not a list")
     out: list[ExtractedFact] = []
     seen: set[str] = set()
     for item in items:
-        text = " ".join(str(_field(item, "text") or "").split())
-        if len(text) < 3:
-            raise _InvalidAnswerError(f"fact text {text!r} is empty or too short")
-        category = str(_field(item, "category") or "other")
-        if category not in CATEGORIES:
-            raise _InvalidAnswerError(f"unknown category {category!r}")
-        about = " ".join(str(_field(item, "about") or "user").split())
-        if about.lower() in _USER_WORDS or about.lower() in user_names:
-            about = "user"
-        key = text.lower().rstrip(".")
-        if key in seen:
-            continue
-        seen.add(key)
-        valid_from = _parse_date(_field(item, "valid_from"))
-        if valid_from is not None and valid_from.date() == observed:
-            valid_from = None  # "from the day it was said" is what None already means
-        if valid_from is None and (said := stated_date(text, observed)) is not None \
-                and said != observed:
-            valid_from = datetime.combine(said, datetime.min.time())
-        replaces = " ".join(str(_field(item, "replaces") or "").split())
-        out.append(ExtractedFact(text=text, category=category, about=about,
-                                 valid_from=valid_from,
-                                 replaces=replaces if len(replaces) >= 3 else None))
+        fact = _fact_from_line(str(item), user_names, observed)
+        key = fact.text.lower().rstrip(".")
+        if key not in seen:
+            seen.add(key)
+            out.append(fact)
     return out
 
 
@@ -194,65 +203,28 @@ def _parse_facts(prediction: Any, *, user_names: set[str], observed: date) -> li
     return _facts_from(prediction["facts"], user_names, observed)
 
 
-def _parse_relation(prediction: Any) -> Label:
-    label = prediction["relation"]
-    if label not in LABELS:
-        raise _InvalidAnswerError(f"unknown relation {label!r}")
-    return cast(Label, label)
-
-
-def _labels_from(items: Any, offered: set[int]) -> dict[int, Label]:
-    if not isinstance(items, list):
-        raise _InvalidAnswerError(f"labels is {type(items).__name__}, not a list")
-    out: dict[int, Label] = {}
-    for item in items:
-        alias, label = _field(item, "alias"), _field(item, "label")
-        if label not in LABELS:
-            raise _InvalidAnswerError(f"unknown label {label!r}")
-        try:
-            alias = int(alias)
-        except (TypeError, ValueError) as exc:
-            raise _InvalidAnswerError(f"alias {alias!r} is not an integer") from exc
-        if alias not in offered:
-            log.warning("resolver answered for alias %s, which was not offered; ignored", alias)
-            continue
-        out.setdefault(alias, cast(Label, label))
-    return out
-
-
-def gate_label(label: Label, similarity: float | None) -> Label:
-    """``label`` if the candidate's cosine ``similarity`` clears its gate, else
-    "unrelated" (see ``LINK_MIN_SIMILARITY``)."""
-    if similarity is None or label == "unrelated":
-        return label
-    gate = DUPLICATE_MIN_SIMILARITY if label == "duplicate" else LINK_MIN_SIMILARITY
-    if similarity >= gate:
-        return label
-    log.info("ignored the label %s at cosine %.2f (below %.2f)", label, similarity, gate)
-    return "unrelated"
-
-
 # ----------------------------------------------------------------------------- extractor
 
 
 def compiled_program_path(model_name: str) -> Path | None:
-    """The compiled program shipped for ``model_name``, if there is one."""
-    path = COMPILED_DIR / f"{model_name}.json"
-    return path if path.is_file() else None
+    """The compiled program shipped for ``model_name``, else the default one (any GGUF
+    gets few-shot demos), or None when neither exists."""
+    for path in (COMPILED_DIR / f"{model_name}.json", COMPILED_DIR / "default.json"):
+        if path.is_file():
+            return path
+    return None
 
 
 class DspyExtractor:
-    """The LM-backed :class:`~engine.extract.Extractor`: DSPy programs over llama.cpp.
+    """The LM-backed :class:`~engine.extract.Extractor`: a DSPy program over llama.cpp.
 
     ``model`` is a manifest name or a GGUF path (None: the manifest's default LM); the
     GGUF loads on first use. Tests and servers can instead pass ``lm`` (a ``dspy.LM``) or
     ``engine`` (any DSPy engine object, e.g. :class:`engine.lm.LlamaServerEngine`).
-    ``program`` is a compiled program JSON: None loads ``compiled/<model name>.json`` when
-    it exists, False uses the zero-shot program. A failed or invalid answer is retried
+    ``program`` is a compiled program JSON: None loads ``compiled/<model name>.json`` (or
+    ``compiled/default.json``), False uses the zero-shot program. A failed or invalid answer is retried
     ``retries`` times (at a small temperature), then :class:`ExtractionError` is raised.
-    Input longer than ``max_chunk_chars`` is extracted chunk by chunk. ``resolve_mode``
-    "batch" labels all candidates in one call (by alias); "pairwise" makes one short call
-    per candidate (no aliases for the model to invent). ``skip_chit_chat`` (default on)
+    Input longer than ``max_chunk_chars`` is extracted chunk by chunk. ``skip_chit_chat`` (default on)
     skips the LM for chunks whose user turns are only greetings, thanks or questions
     (:func:`engine.extract.salience.worth_extracting`).
     """
@@ -269,12 +241,8 @@ class DspyExtractor:
         retries: int = 2,
         max_tokens: int = 384,
         max_chunk_chars: int = 1500,
-        resolve_mode: Literal["batch", "pairwise"] = "batch",
         skip_chit_chat: bool = True,
     ) -> None:
-        if resolve_mode not in ("batch", "pairwise"):
-            raise ValueError(f"resolve_mode must be 'batch' or 'pairwise', not {resolve_mode!r}")
-        self.resolve_mode = resolve_mode
         self.skip_chit_chat = skip_chit_chat
         self.max_tokens = max_tokens
         self.retries = max(0, retries)
@@ -395,11 +363,14 @@ class DspyExtractor:
             f"{self.identity}: no valid answer after {self.retries + 1} attempts: {last}"
         ) from last
 
-    def extract(self, turns: list[Turn]) -> list[ExtractedFact]:
-        """Standalone facts stated in ``turns`` (empty for chit-chat)."""
+    def extract(self, turns: list[Turn], known: Sequence[KnownFact] = ()) -> list[ExtractedFact]:
+        """Standalone facts stated in ``turns`` (empty for chit-chat), in one LM call per
+        chunk of turns; ``known`` (stored facts) is shown to the model so it reuses their
+        slots."""
         if not turns:
             return []
         user_names = {t.name.lower() for t in turns if t.role == "user" and t.name}
+        known_text = format_known(known)
         facts: list[ExtractedFact] = []
         seen: set[str] = set()
         for chunk in _chunks(turns, self.max_chunk_chars):
@@ -409,7 +380,7 @@ class DspyExtractor:
             day = chunk[-1].observed_at.date()
             found = self._call(
                 self.program.extract,
-                {"observation_date": observed, "date_hints": hints,
+                {"observation_date": observed, "date_hints": hints, "known": known_text,
                  "conversation": conversation},
                 functools.partial(_parse_facts, user_names=user_names, observed=day),
             )
@@ -418,38 +389,6 @@ class DspyExtractor:
                     seen.add(fact.text.lower())
                     facts.append(fact)
         return facts[: _MAX_FACTS * 4]
-
-    def resolve(self, fact: ExtractedFact, candidates: list[Candidate]) -> dict[int, Label]:
-        """How ``fact`` relates to each candidate, keyed by alias (missing: unrelated);
-        labels below their similarity gate become unrelated (:func:`gate_label`), so
-        candidates too far below every gate are not shown to the LM at all."""
-        askable = [c for c in candidates
-                   if c.similarity is None or c.similarity >= LINK_MIN_SIMILARITY]
-        labels: dict[int, Label] = {c.alias: "unrelated" for c in candidates
-                                    if c not in askable}
-        if not askable:
-            return labels
-        if self.resolve_mode == "pairwise":
-            raw = {c.alias: self._relate(fact, c) for c in askable}
-        else:
-            offered = {c.alias for c in askable}
-            raw = cast(dict[int, Label], self._call(
-                self.program.resolve,
-                {"new_fact": fact.text, "stored_facts": format_candidates(askable)},
-                lambda p: _labels_from(p["labels"], offered),
-            ))
-        similarity = {c.alias: c.similarity for c in askable}
-        labels.update((alias, gate_label(label, similarity[alias]))
-                      for alias, label in raw.items())
-        return labels
-
-    def _relate(self, fact: ExtractedFact, candidate: Candidate) -> Label:
-        since = candidate.valid_from.date().isoformat()
-        return cast(Label, self._call(
-            self.program.relate,
-            {"stored_fact": f"{candidate.text} (since {since})", "new_fact": fact.text},
-            _parse_relation,
-        ))
 
     def close(self) -> None:
         """Free the model (when this extractor built it)."""

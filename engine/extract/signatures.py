@@ -1,4 +1,10 @@
-"""The DSPy Signatures of extraction, and the module that holds both predictors.
+"""The DSPy Signature of extraction, and the module that holds its predictor.
+
+The model writes each fact as one compact line, ``sentence | subject | slot | value``
+(plus ``| YYYY-MM-DD`` when the message says when it began): about a third of the tokens
+of a JSON object per fact, and every token generated costs time on a laptop CPU. The
+output is still typed and schema-constrained (a list of at most ``MAX_FACTS`` strings);
+:mod:`engine.extract.programs` parses and validates the lines.
 
 This module imports DSPy at import time; :mod:`engine.extract.programs` imports it
 lazily. (No ``from __future__ import annotations`` here: DSPy and pydantic read these
@@ -6,89 +12,51 @@ annotations at class creation.)
 """
 
 import os
-from typing import Annotated, Literal
+from typing import Annotated
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-__all__ = ["AliasLabel", "ExtractFacts", "FactOut", "FactProgram", "RelateFacts", "ResolveFact"]
+from engine.extract.slots import vocabulary_text
+
+__all__ = ["INSTRUCTIONS", "MAX_FACTS", "ExtractMemories", "FactProgram"]
 
 MAX_FACTS = 8
-MAX_LABELS = 16
-Category = Literal["preference", "person", "place", "work", "health", "plan", "event",
-                   "possession", "other"]
+
+INSTRUCTIONS = f"""Write down what the user's messages say about the user and the people \
+they mention: home, work, family, pets, habits, preferences, health, plans, possessions, \
+events. One line per fact: sentence | subject | slot | value, and | date when date_hints \
+give when it began.
+- sentence: one standalone English sentence starting "User" or "User's <relation> <name>", \
+whatever the language of the message, keeping names, numbers, dates, times, titles and \
+places exactly as written. Only what the messages say: never repeat a known fact unless \
+the message says it again.
+- subject: user, or the person as the user calls them (relation and name).
+- slot: a short key; reuse the slot of a known fact about the same thing, else one of: \
+{vocabulary_text()}; or a new one (plural if it holds several values).
+- value: short, copied from the message.
+Greetings, thanks, questions, small talk and the assistant's words give no facts: []."""
 
 
-class FactOut(BaseModel):
-    """One extracted fact as the model writes it."""
-
-    text: str
-    replaces: str = ""
-    category: Category
-    about: str
-    valid_from: str = Field(pattern=r"^([0-9]{4}-[0-9]{2}-[0-9]{2})?$")
-
-
-class AliasLabel(BaseModel):
-    """The resolver's label for one stored fact, addressed by its alias."""
-
-    alias: int
-    label: Literal["duplicate", "superseded", "refined", "unrelated"]
-
-
-class ExtractFacts(dspy.Signature):
-    """Extract the facts worth remembering long-term about the user and the people they
-    mention: preferences, changes, people, places, work, health, plans. Each fact is one
-    short standalone English sentence naming its subject: "User ..." for the user,
-    "User's brother Sam ..." or the speaker's name for others. Split a message that states
-    several facts. Greetings, thanks, questions, small talk and the assistant's suggestions
-    give no facts: return an empty list. replaces: when the message says something
-    earlier is no longer true (stopped, quit, moved, switched, no longer, used to), that
-    earlier fact as a short sentence ("User drinks coffee"), else "". valid_from: the
-    date from date_hints when the message says when the fact starts, else ""."""
+class ExtractMemories(dspy.Signature):
+    """(instructions: INSTRUCTIONS, set below)"""
 
     observation_date: str = dspy.InputField(desc="date the messages were written")
     date_hints: str = dspy.InputField(desc="relative dates in the messages, resolved")
+    known: str = dspy.InputField(desc="stored facts: sentence | subject | slot | value")
     conversation: str = dspy.InputField(desc="one message per line, 'Speaker: text'")
-    facts: Annotated[list[FactOut], Field(max_length=MAX_FACTS)] = dspy.OutputField(
-        desc="about is 'user' or the person's name")
+    facts: Annotated[list[str], Field(max_length=MAX_FACTS)] = dspy.OutputField(
+        desc="sentence | subject | slot | value [| date]")
 
 
-class ResolveFact(dspy.Signature):
-    """A user's memory holds stored facts; a new fact arrives. Label every stored fact:
-    duplicate = says the same as the new fact; superseded = the new fact replaces or
-    contradicts it (the user changed, moved, switched, quit, no longer...); refined =
-    the new fact adds detail to it and both stay true; unrelated = a different
-    subject."""
-
-    new_fact: str = dspy.InputField()
-    stored_facts: str = dspy.InputField(desc="one per line, 'alias: fact'")
-    labels: Annotated[list[AliasLabel], Field(max_length=MAX_LABELS)] = dspy.OutputField(
-        desc="one label per stored fact alias")
-
-
-class RelateFacts(dspy.Signature):
-    """Compare a stored fact about a user with a new fact. duplicate = both say the same
-    thing; superseded = the new fact replaces or contradicts the stored one (the user
-    changed, moved, switched, quit, no longer...); refined = the new fact adds detail to
-    the stored one and both stay true; unrelated = they are about different things."""
-
-    stored_fact: str = dspy.InputField()
-    new_fact: str = dspy.InputField()
-    relation: Literal["duplicate", "superseded", "refined", "unrelated"] = dspy.OutputField()
+ExtractMemories = ExtractMemories.with_instructions(INSTRUCTIONS)  # type: ignore[misc]
 
 
 class FactProgram(dspy.Module):
-    """The predictors in one module, so one JSON file holds a compiled program.
-
-    ``resolve`` labels all candidates in one call (aliases); ``relate`` labels one
-    (new fact, candidate) pair per call: a simpler task for a small model.
-    """
+    """The predictor in a module, so one JSON file holds a compiled program."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.extract = dspy.Predict(ExtractFacts)
-        self.resolve = dspy.Predict(ResolveFact)
-        self.relate = dspy.Predict(RelateFacts)
+        self.extract = dspy.Predict(ExtractMemories)
