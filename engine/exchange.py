@@ -3,7 +3,8 @@
 The first line is a header naming the format, version, embedder and dimension.
 Then one JSON object per line, each with a ``type``: ``message``, ``fact``
 (every version, with its embedding as base64 float32 when exported with
-``embeddings=True``), ``source`` (extra provenance) and ``event``.
+``embeddings=True``; ``subject``/``slot``/``value`` may be absent in exports made
+before slots existed, and import as None), ``source`` (extra provenance) and ``event``.
 
 Ids are remapped on import (the target store assigns its own, in the same
 order), so an export can be imported into a store that already has data. When
@@ -36,7 +37,7 @@ _MESSAGE_COLS = ["id", "user_id", "agent_id", "run_id", "role", "name", "content
                  "observed_at", "ingested_at", "status", "mode", "error", "attempts"]
 _FACT_COLS = ["id", "lineage_id", "user_id", "agent_id", "run_id", "text", "category",
               "metadata", "content_hash", "source_message_id", "valid_from", "valid_to",
-              "recorded_at", "expired_at", "superseded_by"]
+              "recorded_at", "expired_at", "superseded_by", "subject", "slot", "value"]
 _SOURCE_COLS = ["fact_id", "message_id", "linked_at"]
 _EVENT_COLS = ["id", "kind", "fact_id", "lineage_id", "user_id", "agent_id", "run_id",
                "old_text", "new_text", "occurred_at", "actor", "reason", "message_id"]

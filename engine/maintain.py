@@ -46,7 +46,11 @@ class Ref:
 
 @dataclass
 class Decision:
-    """What to do with one extracted fact; built by the pipeline, applied here."""
+    """What to do with one extracted fact; built by the pipeline, applied here.
+
+    ``subject``, ``slot`` and ``value`` are stored on the new fact (see
+    :class:`engine.types.Fact`); None for a fact without a slot.
+    """
 
     text: str
     category: str | None
@@ -60,6 +64,9 @@ class Decision:
     duplicate_of: Ref | None = None
     supersedes: list[Ref] = field(default_factory=list)
     refines: list[Ref] = field(default_factory=list)
+    subject: str | None = None
+    slot: str | None = None
+    value: str | None = None
 
 
 @dataclass
@@ -122,7 +129,8 @@ def apply_decisions(
         (new_id,) = store.insert_facts(
             [NewFact(decision.text, decision.user_id, decision.agent_id, decision.run_id,
                      decision.category, decision.metadata, start, decision.message_id,
-                     lineage_id=lineage, valid_to=valid_to)],
+                     lineage_id=lineage, valid_to=valid_to, subject=decision.subject,
+                     slot=decision.slot, value=decision.value)],
             decision.vector.reshape(1, -1),
             recorded_at=recorded,
         )

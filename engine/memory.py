@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from engine.errors import EngineError, InvalidInputError, ModelError
 from engine.extract import Extractor
 from engine.filters import compile_filters, validate_filters
 from engine.index import HnswParams, VectorIndex
-from engine.maintain import apply_decisions
+from engine.maintain import Decision, apply_decisions
 from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
@@ -305,14 +305,26 @@ class Memory:
             self.store.set_message_status(ids, status, str(exc))
             log.warning("extraction failed for messages %s (%s); kept as %s", ids, exc, status)
             return AddResult(message_ids=list(message_ids), pending=ids, errors=[str(exc)])
-        recorded = now_utc()
+        events = self._apply(decisions, actor=self._actor_for_inference(), processed=ids)
+        return AddResult(message_ids=list(message_ids), events=events)
+
+    def _apply(
+        self,
+        decisions: list[Decision],
+        *,
+        actor: str,
+        processed: Sequence[int] = (),
+        recorded: datetime | None = None,
+    ) -> list[Event]:
+        """Apply decided facts in one transaction (marking ``processed`` messages done),
+        then bring the indexes up to date; returns the events written."""
+        recorded = now_utc() if recorded is None else recorded
         with self.store.transaction():
-            applied = apply_decisions(self.store, decisions, actor=self._actor_for_inference(),
-                                      recorded=recorded)
+            applied = apply_decisions(self.store, decisions, actor=actor, recorded=recorded)
             event_ids = self.store.insert_events(applied.events)
             users = sorted(set(applied.added) | set(applied.removed))
             generations = self.store.bump_generation(users)
-            self.store.set_message_status(ids, "processed")
+            self.store.set_message_status(processed, "processed")
         import numpy as np
 
         for user in users:
@@ -322,8 +334,7 @@ class Memory:
                              add_vectors=vectors, remove_ids=applied.removed.get(user, []))
             self.searcher.on_change(user, generations[user], add_ids=[i for i, _ in added],
                                     remove_ids=applied.removed.get(user, []))
-        return AddResult(message_ids=list(message_ids),
-                         events=_as_events(event_ids, applied.events))
+        return _as_events(event_ids, applied.events)
 
     def _actor_for_inference(self) -> str:
         return f"{self.actor}:extract:{self.extractor.identity}"
@@ -352,11 +363,14 @@ class Memory:
         metadata: Mapping[str, Any] | None = None,
         valid_from: TimeLike | None = None,
         reason: str | None = None,
+        value: str | None = None,
     ) -> Fact:
         """Replace a current fact with a new version; the old one is kept as history.
 
         The old version's ``valid_to`` becomes the new ``valid_from`` (default now)
         and it is retired (``expired_at``) and linked through ``superseded_by``.
+        The new version keeps the old one's ``subject`` and ``slot``; its ``value`` is
+        ``value`` (None unless given: the old value may not describe the new text).
         """
         check_fact_id(fact_id)
         text = check_text(text)
@@ -375,12 +389,15 @@ class Memory:
                 f"{old_start.isoformat()}; a replacement cannot start before what it replaces"
             )
         meta = old.metadata if metadata is None else check_metadata(metadata)
+        if value is not None:
+            value = check_text(value, "value")
         vector = self.embedder.embed([text])
         recorded = now_utc()
         with self.store.transaction():
             (new_id,) = self.store.insert_facts(
                 [NewFact(text, old.user_id, old.agent_id, old.run_id, old.category, meta,
-                         start, old.source_message_id, lineage_id=old.lineage_id)],
+                         start, old.source_message_id, lineage_id=old.lineage_id,
+                         subject=old.subject, slot=old.slot, value=value)],
                 vector,
                 recorded_at=recorded,
             )
@@ -432,7 +449,8 @@ class Memory:
             (new_id,) = self.store.insert_facts(
                 [NewFact(fact.text, fact.user_id, fact.agent_id, fact.run_id, fact.category,
                          fact.metadata, fact.valid_from.replace(tzinfo=None),
-                         fact.source_message_id, lineage_id=fact.lineage_id)],
+                         fact.source_message_id, lineage_id=fact.lineage_id,
+                         subject=fact.subject, slot=fact.slot, value=fact.value)],
                 vector,
                 recorded_at=recorded,
             )

@@ -567,6 +567,9 @@ def _hit(fact: Fact, score: float, explain: dict[str, Any] | None) -> SearchHit:
         valid_from=fact.valid_from,
         valid_to=fact.valid_to,
         explain=explain,
+        subject=fact.subject,
+        slot=fact.slot,
+        value=fact.value,
     )
 
 

@@ -30,12 +30,15 @@ from engine.errors import (
     StoreError,
     StoreLockedError,
 )
+from engine.records import fact_from_row
 from engine.schema import SCHEMA_VERSION, migrations
 from engine.timeutil import now_utc, to_aware
 
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
+
+    from engine.types import Fact
 
 __all__ = ["CURRENT", "FACT_COLUMNS", "NewFact", "Store", "content_hash", "id_list"]
 
@@ -60,7 +63,8 @@ def _generation_mirror(path: str) -> dict[str, int]:
 
 FACT_COLUMNS = (
     "id, text, user_id, agent_id, run_id, category, metadata, valid_from, valid_to, "
-    "recorded_at, expired_at, superseded_by, lineage_id, source_message_id"
+    "recorded_at, expired_at, superseded_by, lineage_id, source_message_id, subject, slot, "
+    "value"
 )
 CURRENT = "valid_to IS NULL AND expired_at IS NULL"
 
@@ -89,7 +93,11 @@ def content_hash(text: str) -> str:
 
 @dataclass(frozen=True)
 class NewFact:
-    """A fact about to be inserted (ids are assigned by the store)."""
+    """A fact about to be inserted (ids are assigned by the store).
+
+    ``subject``/``slot``/``value`` name the attribute the fact sets (``"user"``,
+    ``"home city"``, ``"Porto"``); None for a fact without a slot.
+    """
 
     text: str
     user_id: str
@@ -101,6 +109,9 @@ class NewFact:
     source_message_id: int | None
     lineage_id: int | None = None
     valid_to: datetime | None = None
+    subject: str | None = None
+    slot: str | None = None
+    value: str | None = None
 
 
 def _dumps(metadata: dict[str, Any] | None) -> str:
@@ -387,6 +398,9 @@ class Store:
                     "valid_from": pa.array([f.valid_from for f in facts], pa.timestamp("us")),
                     "valid_to": pa.array([f.valid_to for f in facts], pa.timestamp("us")),
                     "recorded_at": pa.array([recorded_at] * len(facts), pa.timestamp("us")),
+                    "subject": pa.array([f.subject for f in facts], pa.string()),
+                    "slot": pa.array([f.slot for f in facts], pa.string()),
+                    "value": pa.array([f.value for f in facts], pa.string()),
                 }
             )
             con.register("_new_facts", table)
@@ -394,9 +408,10 @@ class Store:
                 con.execute(
                     "INSERT INTO facts (id, lineage_id, user_id, agent_id, run_id, text, category,"
                     " metadata, content_hash, embedding, source_message_id, valid_from, valid_to,"
-                    " recorded_at) SELECT id, lineage_id, user_id, agent_id, run_id, text,"
-                    " category, metadata, content_hash, embedding, source_message_id,"
-                    " valid_from, valid_to, recorded_at FROM _new_facts"
+                    " recorded_at, subject, slot, value) SELECT id, lineage_id, user_id,"
+                    " agent_id, run_id, text, category, metadata, content_hash, embedding,"
+                    " source_message_id, valid_from, valid_to, recorded_at, subject, slot,"
+                    " value FROM _new_facts"
                 )
             finally:
                 con.unregister("_new_facts")
@@ -443,6 +458,32 @@ class Store:
             [user_id, agent_id, run_id],
         )
         return {str(h): int(i) for h, i in rows}
+
+    def current_slotted(
+        self,
+        user_id: str,
+        agent_id: str | None = None,
+        *,
+        subject: str | None = None,
+        slot: str | None = None,
+    ) -> list[Fact]:
+        """A user's current facts that have a slot, ordered by subject, slot, then age.
+
+        The agent is matched exactly (None: facts without an agent), as candidates are;
+        ``subject`` and ``slot`` narrow the list, compared without case or outer spaces.
+        """
+        clauses = ["user_id = ?", CURRENT, "slot IS NOT NULL", "agent_id IS NOT DISTINCT FROM ?"]
+        params: list[Any] = [user_id, agent_id]
+        for column, wanted in (("subject", subject), ("slot", slot)):
+            if wanted is not None:
+                clauses.append(f"lower(trim({column})) = ?")
+                params.append(wanted.strip().lower())
+        rows = self.query(
+            f"SELECT {FACT_COLUMNS} FROM facts WHERE {' AND '.join(clauses)}"
+            " ORDER BY lower(subject), lower(slot), valid_from, id",
+            params,
+        )
+        return [fact_from_row(row) for row in rows]
 
     def retire(
         self,
