@@ -12,6 +12,12 @@ its candidates:
   If it starts *before* the candidate, it is late information about an older
   period: it is stored as a closed historical version (``valid_to`` = the
   candidate's ``valid_from``) and the newer fact is left untouched.
+* ``corrects``: the candidate was never true ("sorry, I live in Porto, not
+  Lisbon"). It is retired in transaction time only (``expired_at`` = now,
+  ``superseded_by`` = new id, its valid time untouched) and the new fact continues
+  its lineage, valid from the candidate's ``valid_from`` when that is earlier: a
+  CORRECT event. ``as_of`` any date then answers the new fact, while ``known_at`` a
+  moment before the correction still shows the old one.
 * otherwise: a new fact (ADD).
 
 Everything for one batch is applied in a single DuckDB transaction. Decisions
@@ -48,8 +54,11 @@ class Ref:
 class Decision:
     """What to do with one extracted fact; built by the pipeline, applied here.
 
-    ``subject``, ``slot`` and ``value`` are stored on the new fact (see
-    :class:`engine.types.Fact`); None for a fact without a slot.
+    ``supersedes``: facts that stopped being true when this one started (a change);
+    ``refines``: facts this one adds detail to; ``corrects``: facts that were never
+    true, which this one replaces from their start (a correction). ``subject``,
+    ``slot`` and ``value`` are stored on the new fact (see :class:`engine.types.Fact`);
+    None for a fact without a slot.
     """
 
     text: str
@@ -67,6 +76,7 @@ class Decision:
     subject: str | None = None
     slot: str | None = None
     value: str | None = None
+    corrects: list[Ref] = field(default_factory=list)
 
 
 @dataclass
@@ -112,23 +122,32 @@ def apply_decisions(
                 event("DUPLICATE", decision, target, None, None, "same fact already known")
                 ids.append(None)
                 continue
+        corrected: list[tuple[int, int, datetime, str, str]] = []
         targets: list[tuple[int, int, datetime, str, str]] = []
-        for kind, refs in (("SUPERSEDE", decision.supersedes), ("UPDATE", decision.refines)):
+        seen: set[int] = set()
+        for kind, refs in (("CORRECT", decision.corrects), ("SUPERSEDE", decision.supersedes),
+                           ("UPDATE", decision.refines)):
             for ref in refs:
                 target = resolve(ref)
                 row = None if target is None else _current_row(store, target)
                 if target is None or row is None:
                     log.info("fact %s is no longer current; not superseding it", target)
                     continue
-                targets.append((target, row[0], row[1], row[2], kind))
+                if target in seen:
+                    continue
+                seen.add(target)
+                (corrected if kind == "CORRECT" else targets).append(
+                    (target, row[0], row[1], row[2], kind))
         start = decision.valid_from
         newer = [t for t in targets if start < t[2]]
         older = [t for t in targets if start >= t[2]]
         valid_to = min(t[2] for t in newer) if newer else None
-        lineage = (older or newer)[0][1] if targets else None
+        lineage = (corrected or older or newer)[0][1] if corrected or targets else None
+        # a correction replaces the old fact for all the time it claimed to be true
+        begins = min([start, *(t[2] for t in corrected)])
         (new_id,) = store.insert_facts(
             [NewFact(decision.text, decision.user_id, decision.agent_id, decision.run_id,
-                     decision.category, decision.metadata, start, decision.message_id,
+                     decision.category, decision.metadata, begins, decision.message_id,
                      lineage_id=lineage, valid_to=valid_to, subject=decision.subject,
                      slot=decision.slot, value=decision.value)],
             decision.vector.reshape(1, -1),
@@ -136,12 +155,16 @@ def apply_decisions(
         )
         ids.append(new_id)
         lineage = lineage if lineage is not None else new_id
+        for target, _, _, old_text, _ in corrected:
+            store.retire(target, at=recorded, superseded_by=new_id)
+            applied.removed.setdefault(decision.user_id, []).append(target)
+            event("CORRECT", decision, new_id, lineage, old_text, "corrects the earlier fact")
         for target, _, _, old_text, kind in older:
             store.retire(target, at=recorded, valid_to=start, superseded_by=new_id)
             applied.removed.setdefault(decision.user_id, []).append(target)
             event(kind, decision, new_id, lineage, old_text,
                   "contradicts the earlier fact" if kind == "SUPERSEDE" else "adds detail")
-        if not older:
+        if not older and not corrected:
             reason = (f"about an older period: valid until {valid_to.isoformat()}, newer fact kept"
                       if valid_to is not None else "new fact")
             event("ADD", decision, new_id, lineage, None, reason)

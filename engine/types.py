@@ -99,7 +99,10 @@ class SearchHit(_Record):
 class Event(_Record):
     """One entry of the append-only audit log.
 
-    ``kind`` is one of ADD, UPDATE, SUPERSEDE, DUPLICATE, DELETE, RESTORE, PURGE.
+    ``kind`` is one of ADD, UPDATE, SUPERSEDE, CORRECT, DUPLICATE, DELETE, RESTORE,
+    PURGE. SUPERSEDE: the old fact stopped being true when the new one started (its
+    ``valid_to`` is set); CORRECT: the old fact was never true (it is retired in
+    transaction time only and the new one takes over its valid time).
     """
 
     id: int
@@ -151,6 +154,8 @@ class AddResult(_Record):
         """Ids of the facts added or updated by this call (no duplicates)."""
         seen: dict[int, None] = {}
         for event in self.events:
-            if event.fact_id is not None and event.kind in ("ADD", "UPDATE", "DUPLICATE"):
+            if event.fact_id is not None and event.kind in (
+                "ADD", "UPDATE", "SUPERSEDE", "CORRECT", "DUPLICATE"
+            ):
                 seen[event.fact_id] = None
         return list(seen)

@@ -5,7 +5,7 @@ import, and the CLI. Facts with a slot are applied as the pipeline applies them
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,17 @@ from click.testing import CliRunner
 from engine import Memory
 from engine.cli import cli
 from engine.embed import HashingEmbedder
-from engine.maintain import Decision
+from engine.maintain import Decision, Ref
 from engine.schema import SCHEMA_VERSION, migrations
 from engine.store import NewFact
+from engine.timeutil import now_utc
 
 MAY1 = datetime(2026, 5, 1)
+JUN1 = datetime(2026, 6, 1)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
 
 
 def decision(memory: Memory, text: str, *, user: str = "maria", at: datetime = MAY1,
@@ -171,3 +177,72 @@ def test_cli_shows_the_slot(tmp_path: Path) -> None:
         ("user", "home city", "Porto"), (None, None, None)}
     facts = json.loads(run("list", "-u", "maria", "--json"))
     assert {f["value"] for f in facts} == {"Porto", None}
+
+
+def test_a_correction_replaces_the_old_fact_for_all_time_but_not_in_what_was_known(
+    memory: Memory,
+) -> None:
+    (added,) = memory._apply([lives_in(memory, "Lisbon")], actor="test")
+    lisbon = added.fact_id
+    assert lisbon is not None
+    before = now_utc()
+    (corrected,) = memory._apply(
+        [lives_in(memory, "Porto", at=JUN1, corrects=[Ref(fact_id=lisbon)])], actor="test")
+    assert (corrected.kind, corrected.old_text, corrected.new_text, corrected.reason) == (
+        "CORRECT", "Maria lives in Lisbon", "Maria lives in Porto", "corrects the earlier fact")
+    porto = memory.get(corrected.fact_id)  # type: ignore[arg-type]
+    old = memory.get(lisbon)
+    # the old version is retired in transaction time only; the new one takes its place
+    assert old.expired_at is not None and old.valid_to is None
+    assert old.superseded_by == porto.id and not old.is_current
+    assert porto.valid_from == utc(2026, 5, 1) and porto.is_current
+    assert porto.lineage_id == old.lineage_id and porto.value == "Porto"
+
+    for when in ("2026-05-10", "2026-06-10", "2030-01-01"):
+        assert [f.value for f in memory.get_all("maria", as_of=when)] == ["Porto"]
+        hits = memory.search("Maria lives in", user_id="maria", as_of=when)
+        assert [h.text for h in hits] == ["Maria lives in Porto"]
+    assert [f.value for f in memory.get_all("maria")] == ["Porto"]
+    assert [h.text for h in memory.search("Lisbon", user_id="maria")] == [
+        "Maria lives in Porto"]
+    assert [f.value for f in memory.known_at("maria", before)] == ["Lisbon"]
+    assert [f.value for f in memory.known_at("maria", now_utc())] == ["Porto"]
+
+    assert [(v.value, v.valid_from, v.valid_to, v.is_current)
+            for v in memory.versions(porto.id)] == [
+        ("Lisbon", utc(2026, 5, 1), None, False), ("Porto", utc(2026, 5, 1), None, True)]
+    assert [(e.kind, e.old_text, e.new_text) for e in memory.history(lisbon)] == [
+        ("ADD", None, "Maria lives in Lisbon"),
+        ("CORRECT", "Maria lives in Lisbon", "Maria lives in Porto")]
+    assert memory.timeline("maria")[-1].kind == "CORRECT"
+
+
+def test_a_correction_keeps_its_own_start_when_it_is_earlier(memory: Memory) -> None:
+    (added,) = memory._apply([lives_in(memory, "Lisbon", at=JUN1)], actor="test")
+    (event,) = memory._apply(
+        [lives_in(memory, "Porto", at=MAY1, corrects=[Ref(fact_id=added.fact_id)])],
+        actor="test")
+    assert memory.get(event.fact_id).valid_from == utc(2026, 5, 1)  # type: ignore[arg-type]
+    assert [f.value for f in memory.get_all("maria", as_of="2026-05-10")] == ["Porto"]
+
+
+def test_a_correction_within_one_batch_and_of_a_fact_no_longer_current(memory: Memory) -> None:
+    events = memory._apply([lives_in(memory, "Lisbon"),
+                            lives_in(memory, "Porto", corrects=[Ref(batch=0)])], actor="test")
+    assert [e.kind for e in events] == ["ADD", "CORRECT"]
+    assert [f.value for f in memory.get_all("maria")] == ["Porto"]
+    stale = events[0].fact_id
+    (late,) = memory._apply([lives_in(memory, "Braga", corrects=[Ref(fact_id=stale)])],
+                            actor="test")
+    assert late.kind == "ADD"  # the target had already been replaced: nothing to correct
+    assert sorted(f.value or "" for f in memory.get_all("maria")) == ["Braga", "Porto"]
+
+
+def test_a_change_still_closes_the_old_fact_in_valid_time(memory: Memory) -> None:
+    (added,) = memory._apply([lives_in(memory, "Lisbon")], actor="test")
+    (moved,) = memory._apply(
+        [lives_in(memory, "Porto", at=JUN1, supersedes=[Ref(fact_id=added.fact_id)])],
+        actor="test")
+    assert moved.kind == "SUPERSEDE"
+    assert [f.value for f in memory.get_all("maria", as_of="2026-05-10")] == ["Lisbon"]
+    assert [f.value for f in memory.get_all("maria", as_of="2026-06-10")] == ["Porto"]
