@@ -172,7 +172,7 @@ def import_jsonl(
         return dict(zip(sorted(ids), new, strict=True))
 
     try:
-        with store.transaction() as con:
+        with store.write(actor=memory.actor) as tx, store.transaction() as con:
             message_ids = remap([m["id"] for m in groups["message"]], "seq_messages")
             fact_ids = remap([f["id"] for f in facts], "seq_facts")
             event_ids = remap([e["id"] for e in groups["event"]], "seq_events")
@@ -199,14 +199,11 @@ def import_jsonl(
                 {**e, "id": event_ids[e["id"]], "fact_id": fid(e["fact_id"]),
                  "lineage_id": fid(e["lineage_id"]), "message_id": mid(e["message_id"])}
                 for e in groups["event"]])
-            users = sorted({f["user_id"] for f in facts})
-            store.bump_generation(users)
+            # the indexes of these users are rebuilt from the store after the commit
+            tx.reset(sorted({f["user_id"] for f in facts}))
     except (KeyError, TypeError, ValueError, pa.ArrowException) as exc:
         raise ImportFormatError(f"{path}: a record is missing a field or malformed ({exc})") \
             from exc
-    for user in users:
-        memory.index.invalidate(user)
-        memory.searcher.forget(user)  # the lexical index is a cache of the same facts
     if progress is not None:
         progress(len(facts))
     return {kind: len(records) for kind, records in groups.items()}

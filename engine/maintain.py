@@ -20,9 +20,11 @@ its candidates:
   moment before the correction still shows the old one.
 * otherwise: a new fact (ADD).
 
-Everything for one batch is applied in a single DuckDB transaction. Decisions
-are made outside the transaction (LM calls are slow), so each target is checked
-again here: one that stopped being current meanwhile is left alone and logged.
+Everything for one batch is applied in one unit of work (:meth:`Store.write`:
+one DuckDB transaction, whose events, generations and index updates it handles).
+Decisions are made outside the transaction (LM calls are slow), so each target is
+checked again here: one that stopped being current meanwhile is left alone and
+logged.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.store import CURRENT, NewFact, Store
+from engine.writes import NewEvent, WriteTx
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,10 +84,10 @@ class Decision:
 
 @dataclass
 class Applied:
-    """The outcome of a batch: audit events and index changes per user."""
+    """The outcome of a batch: its audit events and index changes per user."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)
-    added: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    events: list[NewEvent] = field(default_factory=list)
+    added: dict[str, list[int]] = field(default_factory=dict)
     removed: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -96,9 +99,28 @@ def _current_row(store: Store, fact_id: int) -> tuple[int, datetime, str] | None
 
 
 def apply_decisions(
-    store: Store, decisions: list[Decision], *, actor: str, recorded: datetime
+    target: WriteTx | Store,
+    decisions: list[Decision],
+    *,
+    actor: str | None = None,
+    recorded: datetime | None = None,
 ) -> Applied:
-    """Apply decisions in order inside the caller's transaction."""
+    """Apply decisions in order, in the unit of work ``target``.
+
+    Given a :class:`Store` instead, it opens a unit itself (``store.write(actor=...,
+    recorded=...)``; inside an open one it joins that, with that unit's actor and
+    time); its events are written and the indexes told when that unit ends.
+    """
+    if isinstance(target, Store):
+        if actor is None:
+            raise TypeError("apply_decisions(store, ...) needs actor=")
+        with target.write(actor=actor, recorded=recorded) as tx:
+            return _apply(tx, decisions)
+    return _apply(target, decisions)
+
+
+def _apply(tx: WriteTx, decisions: list[Decision]) -> Applied:
+    store = tx.store
     applied = Applied()
     ids: list[int | None] = []  # batch index -> new fact id (None for duplicates)
 
@@ -107,18 +129,20 @@ def apply_decisions(
 
     def event(kind: str, decision: Decision, fact_id: int | None, lineage: int | None,
               old: str | None, reason: str | None) -> None:
-        applied.events.append({
-            "kind": kind, "fact_id": fact_id, "lineage_id": lineage, "user_id": decision.user_id,
-            "agent_id": decision.agent_id, "run_id": decision.run_id, "old_text": old,
-            "new_text": decision.text, "at": recorded, "actor": actor, "reason": reason,
-            "message_id": decision.message_id,
-        })
+        applied.events.append(tx.event(
+            kind, user_id=decision.user_id, agent_id=decision.agent_id,
+            run_id=decision.run_id, fact_id=fact_id, lineage_id=lineage, old_text=old,
+            new_text=decision.text, reason=reason, message_id=decision.message_id))
+
+    def retire(decision: Decision, fact_id: int, **closing: Any) -> None:
+        tx.retire(fact_id, decision.user_id, **closing)
+        applied.removed.setdefault(decision.user_id, []).append(fact_id)
 
     for decision in decisions:
         if decision.duplicate_of is not None:
             target = resolve(decision.duplicate_of)
             if target is not None and _current_row(store, target) is not None:
-                store.add_source(target, decision.message_id, recorded)
+                tx.add_source(target, decision.message_id)
                 event("DUPLICATE", decision, target, None, None, "same fact already known")
                 ids.append(None)
                 continue
@@ -145,23 +169,20 @@ def apply_decisions(
         lineage = (corrected or older or newer)[0][1] if corrected or targets else None
         # a correction replaces the old fact for all the time it claimed to be true
         begins = min([start, *(t[2] for t in corrected)])
-        (new_id,) = store.insert_facts(
+        (new_id,) = tx.insert(
             [NewFact(decision.text, decision.user_id, decision.agent_id, decision.run_id,
                      decision.category, decision.metadata, begins, decision.message_id,
                      lineage_id=lineage, valid_to=valid_to, subject=decision.subject,
                      slot=decision.slot, value=decision.value)],
             decision.vector.reshape(1, -1),
-            recorded_at=recorded,
         )
         ids.append(new_id)
         lineage = lineage if lineage is not None else new_id
         for target, _, _, old_text, _ in corrected:
-            store.retire(target, at=recorded, superseded_by=new_id)
-            applied.removed.setdefault(decision.user_id, []).append(target)
+            retire(decision, target, superseded_by=new_id)
             event("CORRECT", decision, new_id, lineage, old_text, "corrects the earlier fact")
         for target, _, _, old_text, kind in older:
-            store.retire(target, at=recorded, valid_to=start, superseded_by=new_id)
-            applied.removed.setdefault(decision.user_id, []).append(target)
+            retire(decision, target, valid_to=start, superseded_by=new_id)
             event(kind, decision, new_id, lineage, old_text,
                   "contradicts the earlier fact" if kind == "SUPERSEDE" else "adds detail")
         if not older and not corrected:
@@ -169,5 +190,5 @@ def apply_decisions(
                       if valid_to is not None else "new fact")
             event("ADD", decision, new_id, lineage, None, reason)
         if valid_to is None:
-            applied.added.setdefault(decision.user_id, []).append((new_id, decision.vector))
+            applied.added.setdefault(decision.user_id, []).append(new_id)
     return applied
