@@ -3,7 +3,8 @@
 The first line is a header naming the format, version, embedder and dimension.
 Then one JSON object per line, each with a ``type``: ``message``, ``fact``
 (every version, with its embedding as base64 float32 when exported with
-``embeddings=True``), ``source`` (extra provenance) and ``event``.
+``embeddings=True``; ``subject``/``slot``/``value`` may be absent in exports made
+before slots existed, and import as None), ``source`` (extra provenance) and ``event``.
 
 Ids are remapped on import (the target store assigns its own, in the same
 order), so an export can be imported into a store that already has data. When
@@ -36,7 +37,7 @@ _MESSAGE_COLS = ["id", "user_id", "agent_id", "run_id", "role", "name", "content
                  "observed_at", "ingested_at", "status", "mode", "error", "attempts"]
 _FACT_COLS = ["id", "lineage_id", "user_id", "agent_id", "run_id", "text", "category",
               "metadata", "content_hash", "source_message_id", "valid_from", "valid_to",
-              "recorded_at", "expired_at", "superseded_by"]
+              "recorded_at", "expired_at", "superseded_by", "subject", "slot", "value"]
 _SOURCE_COLS = ["fact_id", "message_id", "linked_at"]
 _EVENT_COLS = ["id", "kind", "fact_id", "lineage_id", "user_id", "agent_id", "run_id",
                "old_text", "new_text", "occurred_at", "actor", "reason", "message_id"]
@@ -171,7 +172,7 @@ def import_jsonl(
         return dict(zip(sorted(ids), new, strict=True))
 
     try:
-        with store.transaction() as con:
+        with store.write(actor=memory.actor) as tx, store.transaction() as con:
             message_ids = remap([m["id"] for m in groups["message"]], "seq_messages")
             fact_ids = remap([f["id"] for f in facts], "seq_facts")
             event_ids = remap([e["id"] for e in groups["event"]], "seq_events")
@@ -198,14 +199,11 @@ def import_jsonl(
                 {**e, "id": event_ids[e["id"]], "fact_id": fid(e["fact_id"]),
                  "lineage_id": fid(e["lineage_id"]), "message_id": mid(e["message_id"])}
                 for e in groups["event"]])
-            users = sorted({f["user_id"] for f in facts})
-            store.bump_generation(users)
+            # the indexes of these users are rebuilt from the store after the commit
+            tx.reset(sorted({f["user_id"] for f in facts}))
     except (KeyError, TypeError, ValueError, pa.ArrowException) as exc:
         raise ImportFormatError(f"{path}: a record is missing a field or malformed ({exc})") \
             from exc
-    for user in users:
-        memory.index.invalidate(user)
-        memory.searcher.forget(user)  # the lexical index is a cache of the same facts
     if progress is not None:
         progress(len(facts))
     return {kind: len(records) for kind, records in groups.items()}

@@ -12,11 +12,19 @@ its candidates:
   If it starts *before* the candidate, it is late information about an older
   period: it is stored as a closed historical version (``valid_to`` = the
   candidate's ``valid_from``) and the newer fact is left untouched.
+* ``corrects``: the candidate was never true ("sorry, I live in Porto, not
+  Lisbon"). It is retired in transaction time only (``expired_at`` = now,
+  ``superseded_by`` = new id, its valid time untouched) and the new fact continues
+  its lineage, valid from the candidate's ``valid_from`` when that is earlier: a
+  CORRECT event. ``as_of`` any date then answers the new fact, while ``known_at`` a
+  moment before the correction still shows the old one.
 * otherwise: a new fact (ADD).
 
-Everything for one batch is applied in a single DuckDB transaction. Decisions
-are made outside the transaction (LM calls are slow), so each target is checked
-again here: one that stopped being current meanwhile is left alone and logged.
+Everything for one batch is applied in one unit of work (:meth:`Store.write`:
+one DuckDB transaction, whose events, generations and index updates it handles).
+Decisions are made outside the transaction (LM calls are slow), so each target is
+checked again here: one that stopped being current meanwhile is left alone and
+logged.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.store import CURRENT, NewFact, Store
+from engine.writes import NewEvent, WriteTx
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,7 +55,14 @@ class Ref:
 
 @dataclass
 class Decision:
-    """What to do with one extracted fact; built by the pipeline, applied here."""
+    """What to do with one extracted fact; built by the pipeline, applied here.
+
+    ``supersedes``: facts that stopped being true when this one started (a change);
+    ``refines``: facts this one adds detail to; ``corrects``: facts that were never
+    true, which this one replaces from their start (a correction). ``subject``,
+    ``slot`` and ``value`` are stored on the new fact (see :class:`engine.types.Fact`);
+    None for a fact without a slot.
+    """
 
     text: str
     category: str | None
@@ -60,14 +76,18 @@ class Decision:
     duplicate_of: Ref | None = None
     supersedes: list[Ref] = field(default_factory=list)
     refines: list[Ref] = field(default_factory=list)
+    subject: str | None = None
+    slot: str | None = None
+    value: str | None = None
+    corrects: list[Ref] = field(default_factory=list)
 
 
 @dataclass
 class Applied:
-    """The outcome of a batch: audit events and index changes per user."""
+    """The outcome of a batch: its audit events and index changes per user."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)
-    added: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    events: list[NewEvent] = field(default_factory=list)
+    added: dict[str, list[int]] = field(default_factory=dict)
     removed: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -79,9 +99,28 @@ def _current_row(store: Store, fact_id: int) -> tuple[int, datetime, str] | None
 
 
 def apply_decisions(
-    store: Store, decisions: list[Decision], *, actor: str, recorded: datetime
+    target: WriteTx | Store,
+    decisions: list[Decision],
+    *,
+    actor: str | None = None,
+    recorded: datetime | None = None,
 ) -> Applied:
-    """Apply decisions in order inside the caller's transaction."""
+    """Apply decisions in order, in the unit of work ``target``.
+
+    Given a :class:`Store` instead, it opens a unit itself (``store.write(actor=...,
+    recorded=...)``; inside an open one it joins that, with that unit's actor and
+    time); its events are written and the indexes told when that unit ends.
+    """
+    if isinstance(target, Store):
+        if actor is None:
+            raise TypeError("apply_decisions(store, ...) needs actor=")
+        with target.write(actor=actor, recorded=recorded) as tx:
+            return _apply(tx, decisions)
+    return _apply(target, decisions)
+
+
+def _apply(tx: WriteTx, decisions: list[Decision]) -> Applied:
+    store = tx.store
     applied = Applied()
     ids: list[int | None] = []  # batch index -> new fact id (None for duplicates)
 
@@ -90,53 +129,66 @@ def apply_decisions(
 
     def event(kind: str, decision: Decision, fact_id: int | None, lineage: int | None,
               old: str | None, reason: str | None) -> None:
-        applied.events.append({
-            "kind": kind, "fact_id": fact_id, "lineage_id": lineage, "user_id": decision.user_id,
-            "agent_id": decision.agent_id, "run_id": decision.run_id, "old_text": old,
-            "new_text": decision.text, "at": recorded, "actor": actor, "reason": reason,
-            "message_id": decision.message_id,
-        })
+        applied.events.append(tx.event(
+            kind, user_id=decision.user_id, agent_id=decision.agent_id,
+            run_id=decision.run_id, fact_id=fact_id, lineage_id=lineage, old_text=old,
+            new_text=decision.text, reason=reason, message_id=decision.message_id))
+
+    def retire(decision: Decision, fact_id: int, **closing: Any) -> None:
+        tx.retire(fact_id, decision.user_id, **closing)
+        applied.removed.setdefault(decision.user_id, []).append(fact_id)
 
     for decision in decisions:
         if decision.duplicate_of is not None:
             target = resolve(decision.duplicate_of)
             if target is not None and _current_row(store, target) is not None:
-                store.add_source(target, decision.message_id, recorded)
+                tx.add_source(target, decision.message_id)
                 event("DUPLICATE", decision, target, None, None, "same fact already known")
                 ids.append(None)
                 continue
+        corrected: list[tuple[int, int, datetime, str, str]] = []
         targets: list[tuple[int, int, datetime, str, str]] = []
-        for kind, refs in (("SUPERSEDE", decision.supersedes), ("UPDATE", decision.refines)):
+        seen: set[int] = set()
+        for kind, refs in (("CORRECT", decision.corrects), ("SUPERSEDE", decision.supersedes),
+                           ("UPDATE", decision.refines)):
             for ref in refs:
                 target = resolve(ref)
                 row = None if target is None else _current_row(store, target)
                 if target is None or row is None:
                     log.info("fact %s is no longer current; not superseding it", target)
                     continue
-                targets.append((target, row[0], row[1], row[2], kind))
+                if target in seen:
+                    continue
+                seen.add(target)
+                (corrected if kind == "CORRECT" else targets).append(
+                    (target, row[0], row[1], row[2], kind))
         start = decision.valid_from
         newer = [t for t in targets if start < t[2]]
         older = [t for t in targets if start >= t[2]]
         valid_to = min(t[2] for t in newer) if newer else None
-        lineage = (older or newer)[0][1] if targets else None
-        (new_id,) = store.insert_facts(
+        lineage = (corrected or older or newer)[0][1] if corrected or targets else None
+        # a correction replaces the old fact for all the time it claimed to be true
+        begins = min([start, *(t[2] for t in corrected)])
+        (new_id,) = tx.insert(
             [NewFact(decision.text, decision.user_id, decision.agent_id, decision.run_id,
-                     decision.category, decision.metadata, start, decision.message_id,
-                     lineage_id=lineage, valid_to=valid_to)],
+                     decision.category, decision.metadata, begins, decision.message_id,
+                     lineage_id=lineage, valid_to=valid_to, subject=decision.subject,
+                     slot=decision.slot, value=decision.value)],
             decision.vector.reshape(1, -1),
-            recorded_at=recorded,
         )
         ids.append(new_id)
         lineage = lineage if lineage is not None else new_id
+        for target, _, _, old_text, _ in corrected:
+            retire(decision, target, superseded_by=new_id)
+            event("CORRECT", decision, new_id, lineage, old_text, "corrects the earlier fact")
         for target, _, _, old_text, kind in older:
-            store.retire(target, at=recorded, valid_to=start, superseded_by=new_id)
-            applied.removed.setdefault(decision.user_id, []).append(target)
+            retire(decision, target, valid_to=start, superseded_by=new_id)
             event(kind, decision, new_id, lineage, old_text,
                   "contradicts the earlier fact" if kind == "SUPERSEDE" else "adds detail")
-        if not older:
+        if not older and not corrected:
             reason = (f"about an older period: valid until {valid_to.isoformat()}, newer fact kept"
                       if valid_to is not None else "new fact")
             event("ADD", decision, new_id, lineage, None, reason)
         if valid_to is None:
-            applied.added.setdefault(decision.user_id, []).append((new_id, decision.vector))
+            applied.added.setdefault(decision.user_id, []).append(new_id)
     return applied

@@ -1,10 +1,10 @@
 """The ``Memory`` facade: the one object applications use, and the only orchestrator.
 
 It validates input, then drives the store (DuckDB, the source of truth), the
-embedder and the vector index (a cache of current facts) so that they stay in
-step. Every change is written to DuckDB in one transaction together with its
-audit events and a bump of the user's index generation; the index is updated
-after the commit.
+embedder and the indexes (caches of current facts) so that they stay in step.
+Every change is one unit of work (:meth:`engine.store.Store.write`): fact
+versions, audit events and a bump of the user's index generation in one
+transaction; the vector and lexical indexes are told after the commit.
 
 Typical use::
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from engine.errors import EngineError, InvalidInputError, ModelError
 from engine.extract import Extractor
 from engine.filters import compile_filters, validate_filters
 from engine.index import HnswParams, VectorIndex
-from engine.maintain import apply_decisions
+from engine.maintain import Decision, apply_decisions
 from engine.pipeline import PendingMessage, decide
 from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
@@ -50,6 +50,7 @@ from engine.validate import (
     normalise_messages,
 )
 from engine.worker import BackgroundWorker
+from engine.writes import IndexChange
 
 __all__ = ["Memory"]
 
@@ -118,6 +119,7 @@ class Memory:
         )
         self._extractor_lock = threading.Lock()
         self.store.on_rollback(self._drop_indexes)
+        self.store.on_commit(self._update_indexes)
         self._worker = BackgroundWorker(self._process)
         self._closed = False
         if process_pending and not read_only:
@@ -190,9 +192,8 @@ class Memory:
         if self.infer if infer is None else infer:
             return self._add_inferred(messages, user, agent, run, wait=wait)
         vectors = self.embedder.embed([m.content for m in messages])
-        recorded = now_utc()
         hashes = [content_hash(m.content) for m in messages]
-        with self.store.transaction():
+        with self.store.write(actor=self.actor) as tx:
             message_ids = self.store.insert_messages(
                 [(user, agent, run, m.role, m.name, m.content, m.metadata, m.observed_at)
                  for m in messages],
@@ -227,28 +228,19 @@ class Memory:
                         source_message_id=message_id,
                     )
                 )
-            fact_ids = self.store.insert_facts(new_facts, vectors[new_rows], recorded_at=recorded)
-            events = [
-                self._event("ADD", fact_id, fact_id, user, agent, run, None, fact.text,
-                            recorded, "stored as given (infer=False)", fact.source_message_id)
-                for fact_id, fact in zip(fact_ids, new_facts, strict=True)
-            ]
+            fact_ids = tx.insert(new_facts, vectors[new_rows])
+            for fact_id, fact in zip(fact_ids, new_facts, strict=True):
+                tx.event("ADD", user_id=user, agent_id=agent, run_id=run, fact_id=fact_id,
+                         lineage_id=fact_id, new_text=fact.text,
+                         reason="stored as given (infer=False)",
+                         message_id=fact.source_message_id)
             for message_id, target, text in duplicates:
                 fact_id = target if target > 0 else fact_ids[-target - 1]
-                self.store.add_source(fact_id, message_id, recorded)
-                events.append(
-                    self._event("DUPLICATE", fact_id, None, user, agent, run, None, text,
-                                recorded, "same text as a current fact", message_id)
-                )
-            generation = self.store.bump_generation([user])[user] if fact_ids else None
-            event_ids = self.store.insert_events(events)
-        if generation is not None:
-            self.index.apply(user, generation, add_ids=fact_ids, add_vectors=vectors[new_rows])
-            self.searcher.on_change(user, generation, add_ids=fact_ids)
-        return AddResult(
-            message_ids=message_ids,
-            events=_as_events(event_ids, events),
-        )
+                tx.add_source(fact_id, message_id)
+                tx.event("DUPLICATE", user_id=user, agent_id=agent, run_id=run,
+                         fact_id=fact_id, new_text=text, reason="same text as a current fact",
+                         message_id=message_id)
+        return AddResult(message_ids=message_ids, events=tx.events)
 
     def _add_inferred(
         self, messages: list[InputMessage], user: str, agent: str | None, run: str | None,
@@ -305,25 +297,23 @@ class Memory:
             self.store.set_message_status(ids, status, str(exc))
             log.warning("extraction failed for messages %s (%s); kept as %s", ids, exc, status)
             return AddResult(message_ids=list(message_ids), pending=ids, errors=[str(exc)])
-        recorded = now_utc()
-        with self.store.transaction():
-            applied = apply_decisions(self.store, decisions, actor=self._actor_for_inference(),
-                                      recorded=recorded)
-            event_ids = self.store.insert_events(applied.events)
-            users = sorted(set(applied.added) | set(applied.removed))
-            generations = self.store.bump_generation(users)
-            self.store.set_message_status(ids, "processed")
-        import numpy as np
+        events = self._apply(decisions, actor=self._actor_for_inference(), processed=ids)
+        return AddResult(message_ids=list(message_ids), events=events)
 
-        for user in users:
-            added = applied.added.get(user, [])
-            vectors = np.stack([v for _, v in added]) if added else None
-            self.index.apply(user, generations[user], add_ids=[i for i, _ in added],
-                             add_vectors=vectors, remove_ids=applied.removed.get(user, []))
-            self.searcher.on_change(user, generations[user], add_ids=[i for i, _ in added],
-                                    remove_ids=applied.removed.get(user, []))
-        return AddResult(message_ids=list(message_ids),
-                         events=_as_events(event_ids, applied.events))
+    def _apply(
+        self,
+        decisions: list[Decision],
+        *,
+        actor: str,
+        processed: Sequence[int] = (),
+        recorded: datetime | None = None,
+    ) -> list[Event]:
+        """Apply decided facts in one unit of work (marking ``processed`` messages done);
+        returns the events written."""
+        with self.store.write(actor=actor, recorded=recorded) as tx:
+            apply_decisions(tx, decisions)
+            self.store.set_message_status(processed, "processed")
+        return tx.events
 
     def _actor_for_inference(self) -> str:
         return f"{self.actor}:extract:{self.extractor.identity}"
@@ -352,11 +342,14 @@ class Memory:
         metadata: Mapping[str, Any] | None = None,
         valid_from: TimeLike | None = None,
         reason: str | None = None,
+        value: str | None = None,
     ) -> Fact:
         """Replace a current fact with a new version; the old one is kept as history.
 
         The old version's ``valid_to`` becomes the new ``valid_from`` (default now)
         and it is retired (``expired_at``) and linked through ``superseded_by``.
+        The new version keeps the old one's ``subject`` and ``slot``; its ``value`` is
+        ``value`` (None unless given: the old value may not describe the new text).
         """
         check_fact_id(fact_id)
         text = check_text(text)
@@ -375,24 +368,19 @@ class Memory:
                 f"{old_start.isoformat()}; a replacement cannot start before what it replaces"
             )
         meta = old.metadata if metadata is None else check_metadata(metadata)
+        if value is not None:
+            value = check_text(value, "value")
         vector = self.embedder.embed([text])
-        recorded = now_utc()
-        with self.store.transaction():
-            (new_id,) = self.store.insert_facts(
+        with self.store.write(actor=self.actor) as tx:
+            (new_id,) = tx.insert(
                 [NewFact(text, old.user_id, old.agent_id, old.run_id, old.category, meta,
-                         start, old.source_message_id, lineage_id=old.lineage_id)],
+                         start, old.source_message_id, lineage_id=old.lineage_id,
+                         subject=old.subject, slot=old.slot, value=value)],
                 vector,
-                recorded_at=recorded,
             )
-            self.store.retire(fact_id, at=recorded, valid_to=start, superseded_by=new_id)
-            generation = self.store.bump_generation([old.user_id])[old.user_id]
-            self.store.insert_events([
-                self._event("UPDATE", new_id, old.lineage_id, old.user_id, old.agent_id,
-                            old.run_id, old.text, text, recorded, reason, None),
-            ])
-        self.index.apply(old.user_id, generation, add_ids=[new_id], add_vectors=vector,
-                         remove_ids=[fact_id])
-        self.searcher.on_change(old.user_id, generation, add_ids=[new_id], remove_ids=[fact_id])
+            tx.retire(fact_id, old.user_id, valid_to=start, superseded_by=new_id)
+            tx.event("UPDATE", **_scope(old), fact_id=new_id, lineage_id=old.lineage_id,
+                     old_text=old.text, new_text=text, reason=reason)
         return self.get(new_id)
 
     def delete(self, fact_id: int, *, reason: str | None = None) -> Event:
@@ -401,17 +389,11 @@ class Memory:
         fact = self.get(fact_id)
         if not fact.is_current:
             raise InvalidInputError(f"fact {fact_id} is not current; nothing to delete")
-        recorded = now_utc()
-        with self.store.transaction():
-            self.store.retire(fact_id, at=recorded)
-            generation = self.store.bump_generation([fact.user_id])[fact.user_id]
-            event = self._event("DELETE", fact_id, fact.lineage_id, fact.user_id,
-                                fact.agent_id, fact.run_id, fact.text, None, recorded, reason,
-                                None)
-            event_ids = self.store.insert_events([event])
-        self.index.apply(fact.user_id, generation, remove_ids=[fact_id])
-        self.searcher.on_change(fact.user_id, generation, remove_ids=[fact_id])
-        return _as_events(event_ids, [event])[0]
+        with self.store.write(actor=self.actor) as tx:
+            tx.retire(fact_id, fact.user_id)
+            tx.event("DELETE", **_scope(fact), fact_id=fact_id, lineage_id=fact.lineage_id,
+                     old_text=fact.text, reason=reason)
+        return tx.events[0]
 
     def restore(self, fact_id: int, *, reason: str | None = None) -> Fact:
         """Bring back a deleted fact as a new current version of its lineage."""
@@ -427,22 +409,16 @@ class Memory:
         if current:
             raise InvalidInputError(f"fact {fact_id} already has a current version")
         _, vector = self.store.embeddings_for([fact_id])
-        recorded = now_utc()
-        with self.store.transaction():
-            (new_id,) = self.store.insert_facts(
+        with self.store.write(actor=self.actor) as tx:
+            (new_id,) = tx.insert(
                 [NewFact(fact.text, fact.user_id, fact.agent_id, fact.run_id, fact.category,
                          fact.metadata, fact.valid_from.replace(tzinfo=None),
-                         fact.source_message_id, lineage_id=fact.lineage_id)],
+                         fact.source_message_id, lineage_id=fact.lineage_id,
+                         subject=fact.subject, slot=fact.slot, value=fact.value)],
                 vector,
-                recorded_at=recorded,
             )
-            generation = self.store.bump_generation([fact.user_id])[fact.user_id]
-            self.store.insert_events([
-                self._event("RESTORE", new_id, fact.lineage_id, fact.user_id, fact.agent_id,
-                            fact.run_id, None, fact.text, recorded, reason, None),
-            ])
-        self.index.apply(fact.user_id, generation, add_ids=[new_id], add_vectors=vector)
-        self.searcher.on_change(fact.user_id, generation, add_ids=[new_id])
+            tx.event("RESTORE", **_scope(fact), fact_id=new_id, lineage_id=fact.lineage_id,
+                     new_text=fact.text, reason=reason)
         return self.get(new_id)
 
     def purge(self, user_id: str) -> dict[str, int]:
@@ -614,6 +590,19 @@ class Memory:
 
     # ---- internals -------------------------------------------------------------------
 
+    def _update_indexes(self, changes: list[IndexChange]) -> None:
+        """Tell both indexes what a committed unit of work changed."""
+        for change in changes:
+            user = change.user_id
+            if change.reset:
+                self.index.invalidate(user)
+                self.searcher.forget(user)
+                continue
+            self.index.apply(user, change.generation, add_ids=change.added,
+                             add_vectors=change.vectors, remove_ids=change.removed)
+            self.searcher.on_change(user, change.generation, add_ids=change.added,
+                                    remove_ids=change.removed)
+
     def _drop_indexes(self, user_ids: set[str]) -> None:
         """Forget users' in-memory indexes (rebuilt from the store on their next search)."""
         for user_id in user_ids:
@@ -635,31 +624,7 @@ class Memory:
         clauses.append(filter_sql)
         return clauses, params + filter_params
 
-    def _event(
-        self,
-        kind: str,
-        fact_id: int | None,
-        lineage_id: int | None,
-        user: str,
-        agent: str | None,
-        run: str | None,
-        old_text: str | None,
-        new_text: str | None,
-        at: datetime,
-        reason: str | None,
-        message_id: int | None,
-    ) -> dict[str, Any]:
-        return {"kind": kind, "fact_id": fact_id, "lineage_id": lineage_id, "user_id": user,
-                "agent_id": agent, "run_id": run, "old_text": old_text, "new_text": new_text,
-                "at": at, "actor": self.actor, "reason": reason, "message_id": message_id}
 
-
-def _as_events(event_ids: list[int], rows: list[dict[str, Any]]) -> list[Event]:
-    """The events just inserted, as records (built from what was written, no re-read)."""
-    return [
-        Event(id=event_id, kind=row["kind"], fact_id=row["fact_id"],
-              lineage_id=row["lineage_id"], user_id=row["user_id"], old_text=row["old_text"],
-              new_text=row["new_text"], at=row["at"].replace(tzinfo=UTC), actor=row["actor"],
-              reason=row["reason"], message_id=row["message_id"])
-        for event_id, row in zip(event_ids, rows, strict=True)
-    ]
+def _scope(fact: Fact) -> dict[str, Any]:
+    """A fact's scope, as :meth:`engine.writes.WriteTx.event` takes it."""
+    return {"user_id": fact.user_id, "agent_id": fact.agent_id, "run_id": fact.run_id}

@@ -50,6 +50,9 @@ def fact_from_row(row: tuple[Any, ...]) -> Fact:
         superseded_by=None if row[11] is None else int(row[11]),
         lineage_id=int(row[12]),
         source_message_id=None if row[13] is None else int(row[13]),
+        subject=row[14],
+        slot=row[15],
+        value=row[16],
     )
 
 

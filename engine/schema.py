@@ -77,6 +77,13 @@ def migrations(dim: int) -> list[list[str]]:
                 generation BIGINT NOT NULL
             )""",
         ],
+        # 2: slot-keyed facts: who the fact is about, which attribute, and its value
+        # (all NULL for facts stored without a slot, e.g. every fact from before).
+        [
+            "ALTER TABLE facts ADD COLUMN subject VARCHAR",
+            "ALTER TABLE facts ADD COLUMN slot VARCHAR",
+            "ALTER TABLE facts ADD COLUMN value VARCHAR",
+        ],
     ]
 
 

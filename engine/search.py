@@ -79,12 +79,13 @@ def valid_at_sql() -> str:
     """SQL predicate (two ``?`` for the time) for versions true in the world at a time.
 
     A version counts if its valid interval contains the time and it was either
-    never retired or retired only because a newer version superseded it
-    (a deleted fact was retracted, so it is not believed for any time).
+    never retired or retired only because a newer version superseded it, closing
+    its valid time (a deleted fact was retracted and a corrected one, retired with
+    its valid time left open, was never true: neither is believed for any time).
     """
     return (
         "valid_from <= ? AND (valid_to IS NULL OR valid_to > ?)"
-        " AND (expired_at IS NULL OR superseded_by IS NOT NULL)"
+        " AND (expired_at IS NULL OR (superseded_by IS NOT NULL AND valid_to IS NOT NULL))"
     )
 
 
@@ -567,6 +568,9 @@ def _hit(fact: Fact, score: float, explain: dict[str, Any] | None) -> SearchHit:
         valid_from=fact.valid_from,
         valid_to=fact.valid_to,
         explain=explain,
+        subject=fact.subject,
+        slot=fact.slot,
+        value=fact.value,
     )
 
 

@@ -6,9 +6,10 @@ counter that every change to a user's current facts bumps, in the same
 transaction. The index records the generation it reflects, so a stale index
 is detected and rebuilt instead of trusted.
 
-All SQL lives here. Writes happen inside :meth:`Store.transaction`; reads may
-happen anywhere. A single connection is guarded by a re-entrant lock so one
-``Memory`` can be shared by threads.
+All SQL lives here. Changes to facts happen in a unit of work,
+:meth:`Store.write` (see :mod:`engine.writes`), which runs inside
+:meth:`Store.transaction`; reads may happen anywhere. A single connection is
+guarded by a re-entrant lock so one ``Memory`` can be shared by threads.
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ from engine.errors import (
     StoreError,
     StoreLockedError,
 )
+from engine.records import fact_from_row
 from engine.schema import SCHEMA_VERSION, migrations
 from engine.timeutil import now_utc, to_aware
+from engine.writes import IndexChange, NewEvent, WriteTx
 
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
 
-__all__ = ["CURRENT", "FACT_COLUMNS", "NewFact", "Store", "content_hash", "id_list"]
+    from engine.types import Fact
+
+__all__ = ["CURRENT", "FACT_COLUMNS", "NewEvent", "NewFact", "Store", "WriteTx", "content_hash",
+           "id_list"]
 
 CHECKPOINT_THRESHOLD = "256MB"
 """WAL size at which DuckDB checkpoints a store opened for writing."""
@@ -60,7 +66,8 @@ def _generation_mirror(path: str) -> dict[str, int]:
 
 FACT_COLUMNS = (
     "id, text, user_id, agent_id, run_id, category, metadata, valid_from, valid_to, "
-    "recorded_at, expired_at, superseded_by, lineage_id, source_message_id"
+    "recorded_at, expired_at, superseded_by, lineage_id, source_message_id, subject, slot, "
+    "value"
 )
 CURRENT = "valid_to IS NULL AND expired_at IS NULL"
 
@@ -89,7 +96,11 @@ def content_hash(text: str) -> str:
 
 @dataclass(frozen=True)
 class NewFact:
-    """A fact about to be inserted (ids are assigned by the store)."""
+    """A fact about to be inserted (ids are assigned by the store).
+
+    ``subject``/``slot``/``value`` name the attribute the fact sets (``"user"``,
+    ``"home city"``, ``"Porto"``); None for a fact without a slot.
+    """
 
     text: str
     user_id: str
@@ -101,6 +112,9 @@ class NewFact:
     source_message_id: int | None
     lineage_id: int | None = None
     valid_to: datetime | None = None
+    subject: str | None = None
+    slot: str | None = None
+    value: str | None = None
 
 
 def _dumps(metadata: dict[str, Any] | None) -> str:
@@ -152,6 +166,9 @@ class Store:
         self._generations = _generation_mirror(self.path)
         self._pending_generations: dict[str, int] = {}
         self._rollback_listeners: list[Callable[[set[str]], None]] = []
+        self._commit_listeners: list[Callable[[list[IndexChange]], None]] = []
+        self._pending_changes: list[IndexChange] = []
+        self._write: WriteTx | None = None
         if not read_only:
             # Every checkpoint rewrites the primary-key indexes whole, so at DuckDB's 16 MB
             # default a growing store checkpoints every ~7k facts at a cost that grows with
@@ -220,6 +237,7 @@ class Store:
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Run the block in one DuckDB transaction (nested calls join the outer one)."""
         rolled_back: set[str] = set()
+        committed: list[IndexChange] = []
         try:
             with self._lock:
                 if self._in_transaction:
@@ -243,12 +261,35 @@ class Store:
                     raise
                 self._pending_generations.clear()
                 self._generations.update(pending)
+                committed, self._pending_changes = self._pending_changes, []
         finally:
             # Outside the lock: listeners take index locks, which are held while
             # indexes load from the store.
             if rolled_back:
                 for listener in self._rollback_listeners:
                     listener(rolled_back)
+        if committed:
+            for on_commit in self._commit_listeners:
+                on_commit(committed)
+
+    @contextmanager
+    def write(self, *, actor: str, recorded: datetime | None = None) -> Iterator[WriteTx]:
+        """A unit of work (see :mod:`engine.writes`): fact versions, provenance and
+        events, stamped ``actor`` and ``recorded`` (default now), with generations and
+        index changes handled at the end. A write inside another joins it (and its
+        actor and time)."""
+        with self.transaction():
+            if self._write is not None:
+                yield self._write
+                return
+            unit = WriteTx(self, actor=actor, recorded=now_utc() if recorded is None
+                           else recorded)
+            self._write = unit
+            try:
+                yield unit
+                self._pending_changes.extend(unit.finish())
+            finally:
+                self._write = None
 
     def _forget_pending_generations(self) -> set[str]:
         """A transaction that bumped generations did not commit: those are unknown now.
@@ -257,12 +298,18 @@ class Store:
         for user_id in users:
             self._generations.pop(user_id, None)
         self._pending_generations.clear()
+        self._pending_changes.clear()
         return users
 
     def on_rollback(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener(user_ids)`` when a transaction that bumped those users'
         generations rolls back (their in-memory indexes may hold uncommitted changes)."""
         self._rollback_listeners.append(listener)
+
+    def on_commit(self, listener: Callable[[list[IndexChange]], None]) -> None:
+        """Call ``listener(changes)`` after a transaction whose units of work changed
+        users' current facts commits (to bring the in-memory indexes up to date)."""
+        self._commit_listeners.append(listener)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows."""
@@ -387,6 +434,9 @@ class Store:
                     "valid_from": pa.array([f.valid_from for f in facts], pa.timestamp("us")),
                     "valid_to": pa.array([f.valid_to for f in facts], pa.timestamp("us")),
                     "recorded_at": pa.array([recorded_at] * len(facts), pa.timestamp("us")),
+                    "subject": pa.array([f.subject for f in facts], pa.string()),
+                    "slot": pa.array([f.slot for f in facts], pa.string()),
+                    "value": pa.array([f.value for f in facts], pa.string()),
                 }
             )
             con.register("_new_facts", table)
@@ -394,9 +444,10 @@ class Store:
                 con.execute(
                     "INSERT INTO facts (id, lineage_id, user_id, agent_id, run_id, text, category,"
                     " metadata, content_hash, embedding, source_message_id, valid_from, valid_to,"
-                    " recorded_at) SELECT id, lineage_id, user_id, agent_id, run_id, text,"
-                    " category, metadata, content_hash, embedding, source_message_id,"
-                    " valid_from, valid_to, recorded_at FROM _new_facts"
+                    " recorded_at, subject, slot, value) SELECT id, lineage_id, user_id,"
+                    " agent_id, run_id, text, category, metadata, content_hash, embedding,"
+                    " source_message_id, valid_from, valid_to, recorded_at, subject, slot,"
+                    " value FROM _new_facts"
                 )
             finally:
                 con.unregister("_new_facts")
@@ -444,6 +495,32 @@ class Store:
         )
         return {str(h): int(i) for h, i in rows}
 
+    def current_slotted(
+        self,
+        user_id: str,
+        agent_id: str | None = None,
+        *,
+        subject: str | None = None,
+        slot: str | None = None,
+    ) -> list[Fact]:
+        """A user's current facts that have a slot, ordered by subject, slot, then age.
+
+        The agent is matched exactly (None: facts without an agent), as candidates are;
+        ``subject`` and ``slot`` narrow the list, compared without case or outer spaces.
+        """
+        clauses = ["user_id = ?", CURRENT, "slot IS NOT NULL", "agent_id IS NOT DISTINCT FROM ?"]
+        params: list[Any] = [user_id, agent_id]
+        for column, wanted in (("subject", subject), ("slot", slot)):
+            if wanted is not None:
+                clauses.append(f"lower(trim({column})) = ?")
+                params.append(wanted.strip().lower())
+        rows = self.query(
+            f"SELECT {FACT_COLUMNS} FROM facts WHERE {' AND '.join(clauses)}"
+            " ORDER BY lower(subject), lower(slot), valid_from, id",
+            params,
+        )
+        return [fact_from_row(row) for row in rows]
+
     def retire(
         self,
         fact_id: int,
@@ -489,8 +566,8 @@ class Store:
 
     # ---- events ----------------------------------------------------------------------
 
-    def insert_events(self, rows: Sequence[dict[str, Any]]) -> list[int]:
-        """Append audit events; each row has the ``events`` columns except ``id``."""
+    def insert_events(self, rows: Sequence[NewEvent]) -> list[int]:
+        """Append audit events (use :meth:`WriteTx.event` rather than this)."""
         import pyarrow as pa
 
         if not rows:
@@ -504,7 +581,8 @@ class Store:
             data = {"id": pa.array(ids, pa.int64())}
             for column in columns:
                 key = "at" if column == "occurred_at" else column
-                data[column] = pa.array([r.get(key) for r in rows], types.get(column, pa.string()))
+                data[column] = pa.array([getattr(r, key) for r in rows],
+                                        types.get(column, pa.string()))
             con.register("_new_events", pa.table(data))
             try:
                 con.execute(

@@ -41,6 +41,10 @@ class Fact(_Record):
     ``valid_from``/``valid_to`` say when it was true in the user's world;
     ``recorded_at``/``expired_at`` say when the engine learned and retired it.
     Every version of the same fact shares ``lineage_id``.
+
+    ``subject`` (``"user"`` or a person such as ``"sister Ana"``), ``slot`` (an
+    attribute key such as ``"home city"``) and ``value`` (``"Porto"``) say which
+    attribute the fact sets; all three are None for facts stored without a slot.
     """
 
     id: int
@@ -57,6 +61,9 @@ class Fact(_Record):
     superseded_by: int | None
     lineage_id: int
     source_message_id: int | None
+    subject: str | None = None
+    slot: str | None = None
+    value: str | None = None
 
     @property
     def is_current(self) -> bool:
@@ -68,7 +75,8 @@ class SearchHit(_Record):
     """A fact returned by ``search`` with its fused score (higher is better).
 
     ``explain`` holds each signal's raw value and contribution when the search
-    was made with ``explain=True``, else None.
+    was made with ``explain=True``, else None. ``subject``, ``slot`` and ``value``
+    are the fact's (see :class:`Fact`).
     """
 
     id: int
@@ -82,13 +90,19 @@ class SearchHit(_Record):
     valid_from: datetime
     valid_to: datetime | None
     explain: dict[str, Any] | None = None
+    subject: str | None = None
+    slot: str | None = None
+    value: str | None = None
 
 
 @dataclass(frozen=True)
 class Event(_Record):
     """One entry of the append-only audit log.
 
-    ``kind`` is one of ADD, UPDATE, SUPERSEDE, DUPLICATE, DELETE, RESTORE, PURGE.
+    ``kind`` is one of ADD, UPDATE, SUPERSEDE, CORRECT, DUPLICATE, DELETE, RESTORE,
+    PURGE. SUPERSEDE: the old fact stopped being true when the new one started (its
+    ``valid_to`` is set); CORRECT: the old fact was never true (it is retired in
+    transaction time only and the new one takes over its valid time).
     """
 
     id: int
@@ -140,6 +154,8 @@ class AddResult(_Record):
         """Ids of the facts added or updated by this call (no duplicates)."""
         seen: dict[int, None] = {}
         for event in self.events:
-            if event.fact_id is not None and event.kind in ("ADD", "UPDATE", "DUPLICATE"):
+            if event.fact_id is not None and event.kind in (
+                "ADD", "UPDATE", "SUPERSEDE", "CORRECT", "DUPLICATE"
+            ):
                 seen[event.fact_id] = None
         return list(seen)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from engine.cli.output import emit, format_time, table
+from engine.cli.output import emit, format_time, table, with_slot
 from engine.errors import (
     EngineError,
     FactNotFoundError,
@@ -120,7 +120,7 @@ def _parse_json(value: str | None, what: str) -> Any:
 
 
 def _fact_rows(facts: list[Any]) -> list[list[Any]]:
-    return [[f.id, f.text, f.valid_from, f.valid_to, "yes" if f.is_current else "no"]
+    return [[f.id, with_slot(f), f.valid_from, f.valid_to, "yes" if f.is_current else "no"]
             for f in facts]
 
 
@@ -238,7 +238,7 @@ def search(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str |
         hits = memory.search(query, user_id=user_id, agent_id=agent_id, run_id=run_id, k=k,
                              filters=_parse_json(filters, "--filters"), as_of=as_of,
                              explain=explain)
-    rows = [[h.score, h.id, h.text, h.valid_from, h.valid_to] for h in hits]
+    rows = [[h.score, h.id, with_slot(h), h.valid_from, h.valid_to] for h in hits]
     headers = ["score", "id", "text", "valid from", "valid to"]
     if explain:
         rows = [[*r, _explain_text(h.explain)] for r, h in zip(rows, hits, strict=True)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-__all__ = ["emit", "format_time", "table"]
+__all__ = ["emit", "format_time", "slot_label", "table", "with_slot"]
 
 
 def format_time(value: Any) -> str:
@@ -24,6 +24,20 @@ def format_time(value: Any) -> str:
             return value.strftime("%Y-%m-%d")
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
+
+
+def slot_label(subject: str | None, slot: str | None, value: str | None) -> str:
+    """A fact's slot in brackets, e.g. ``[user · home city: Porto]``; "" without a slot."""
+    if not slot:
+        return ""
+    label = f"{subject} · {slot}" if subject else slot
+    return f"[{label}: {value}]" if value else f"[{label}]"
+
+
+def with_slot(record: Any) -> str:
+    """A fact's (or hit's) text, after its slot label when it has a slot."""
+    label = slot_label(record.subject, record.slot, record.value)
+    return f"{label} {record.text}" if label else str(record.text)
 
 
 def _cell(value: Any) -> str:

@@ -1,0 +1,114 @@
+"""The write unit of work: one transaction for versions, events and generations; the
+indexes hear about it after the commit, and forget the users' caches on rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import pytest
+
+from engine import Memory
+from engine.maintain import Decision, Ref, apply_decisions
+from engine.store import NewFact
+from engine.writes import IndexChange
+
+
+def _fact(text: str, user: str = "u") -> NewFact:
+    return NewFact(text, user, None, None, None, {}, datetime(2026, 5, 1), None)
+
+
+def test_a_unit_writes_versions_events_and_generation_then_tells_the_indexes(
+    memory: Memory,
+) -> None:
+    seen: list[list[IndexChange]] = []
+    memory.store.on_commit(seen.append)
+    first = memory.add("I keep bees", user_id="u").fact_ids[0]
+    memory.search("bees", user_id="u")  # both indexes loaded
+    generation = memory.store.generation("u")
+    with memory.store.write(actor="tester") as tx:
+        (new_id,) = tx.insert([_fact("I keep goats")], memory.embedder.embed(["I keep goats"]))
+        tx.retire(first, "u", superseded_by=new_id, valid_to=datetime(2026, 5, 2))
+        tx.event("UPDATE", user_id="u", fact_id=new_id, old_text="I keep bees",
+                 new_text="I keep goats", reason="test")
+        assert tx.events == []  # written when the block ends
+        assert len(seen) == 1  # nothing handed on before the commit
+    (event,) = tx.events
+    assert (event.kind, event.actor, event.at.replace(tzinfo=None)) == (
+        "UPDATE", "tester", tx.recorded)
+    assert memory.timeline("u")[-1].id == event.id
+    assert memory.store.generation("u") == generation + 1
+    assert seen[-1] == [IndexChange("u", generation + 1, added=[new_id],
+                                    vectors=seen[-1][0].vectors, removed=[first])]
+    assert [h.text for h in memory.search("goats bees", user_id="u")] == ["I keep goats"]
+
+
+def test_a_failed_unit_leaves_nothing_and_drops_the_cached_indexes(memory: Memory) -> None:
+    seen: list[list[IndexChange]] = []
+    memory.store.on_commit(seen.append)
+    memory.add("I keep bees in the garden", user_id="u")
+    memory.search("bees", user_id="u")
+    before = len(memory.timeline("u"))
+    with pytest.raises(RuntimeError), memory.store.write(actor="t") as tx:
+        tx.insert([_fact("I keep goats on the hill")],
+                  memory.embedder.embed(["I keep goats on the hill"]))
+        tx.event("ADD", user_id="u", new_text="I keep goats on the hill")
+        raise RuntimeError("abort")
+    assert len(seen) == 1  # only the add before
+    assert len(memory.timeline("u")) == before
+    assert [h.text for h in memory.search("goats on the hill", user_id="u")] == [
+        "I keep bees in the garden"]
+
+
+def test_writes_join_an_open_one_and_the_indexes_hear_once_after_the_outer_commit(
+    memory: Memory,
+) -> None:
+    seen: list[list[IndexChange]] = []
+    memory.store.on_commit(seen.append)
+    memory.search("anything", user_id="u")
+    with memory.store.transaction():
+        memory.add("one", user_id="u")
+        memory.add("two", user_id="u")
+        assert seen == []
+    (changes,) = seen  # one hand-over, after the outer commit
+    assert [c.added for c in changes] == [[1], [2]]
+    assert {h.text for h in memory.search("one two", user_id="u")} == {"one", "two"}
+
+
+def test_apply_decisions_on_a_store_opens_its_own_unit(memory: Memory) -> None:
+    texts = ["Maria lives in Lisbon", "Maria lives in Porto"]
+    vectors = memory.embedder.embed(texts)
+    (message_id,) = memory.store.insert_messages(
+        [("maria", None, None, "user", None, texts[1], {}, datetime(2026, 5, 1))],
+        status="processed", mode="infer")
+
+    def decision(n: int, **fields: object) -> Decision:
+        return Decision(texts[n], None, {}, "maria", None, None, datetime(2026, 5, 1),
+                        message_id, vectors[n], **fields)  # type: ignore[arg-type]
+
+    applied = apply_decisions(memory.store, [decision(0), decision(1, corrects=[Ref(batch=0)])],
+                              actor="t")
+    assert [e.kind for e in applied.events] == ["ADD", "CORRECT"]
+    assert [e.kind for e in memory.timeline("maria")] == ["ADD", "CORRECT"]
+    assert [h.text for h in memory.search("Maria lives", user_id="maria")] == [texts[1]]
+
+
+def test_every_write_of_memory_goes_through_one_unit(
+    make_memory: Callable[..., Memory], tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    memory = make_memory()
+    units: list[str] = []
+    original = memory.store.write
+
+    def counting(**kwargs):  # type: ignore[no-untyped-def]
+        units.append(kwargs["actor"])
+        return original(**kwargs)
+
+    memory.store.write = counting  # type: ignore[method-assign]
+    fact_id = memory.add("x", user_id="u").fact_ids[0]
+    new = memory.update(fact_id, "y")
+    memory.delete(new.id)
+    memory.restore(new.id)
+    memory.export(tmp_path / "e.jsonl")
+    memory.import_(tmp_path / "e.jsonl")
+    assert units == ["api"] * 5
