@@ -131,8 +131,9 @@ class PrefixStore:
 
     # -- reading
 
-    def _read(self, path: Path, tokens: list[int]) -> bytearray | None:
-        """The state bytes of ``path`` if the file is whole and is for ``tokens``."""
+    def _read(self, path: Path, tokens: list[int]) -> tuple[bytearray, int] | None:
+        """The bytes of ``path`` and where its state starts, if the file is whole and is
+        for ``tokens``."""
         try:
             raw = bytearray(path.read_bytes())
         except FileNotFoundError:
@@ -141,13 +142,14 @@ class PrefixStore:
             log.warning("cannot read the KV state file %s: %s", path, exc)
             return None
         problem = self._check(raw, path.name[: -len(self.SUFFIX)], tokens)
-        if problem is None:
-            return raw
+        if isinstance(problem, int):
+            return raw, problem
         log.warning("ignoring the KV state file %s (%s); it will be rewritten", path, problem)
         self._remove(path)
         return None
 
-    def _check(self, raw: bytearray, key: str, tokens: list[int]) -> str | None:
+    def _check(self, raw: bytearray, key: str, tokens: list[int]) -> str | int:
+        """What is wrong with the file's bytes, or the offset of its state."""
         n_magic = len(self.MAGIC)
         if len(raw) < n_magic + 4 or raw[:n_magic] != self.MAGIC:
             return "not a state file"
@@ -166,12 +168,10 @@ class PrefixStore:
         stored = np.frombuffer(raw, dtype="<i4", count=n_tokens, offset=start)
         if not np.array_equal(stored, np.asarray(tokens, dtype="<i4")):
             return "made for other tokens"
-        state = memoryview(raw)[start + 4 * n_tokens:]
-        if hashlib.sha256(state).hexdigest() != digest:
+        offset = start + 4 * n_tokens
+        if hashlib.sha256(memoryview(raw)[offset:]).hexdigest() != digest:
             return "checksum mismatch"
-        # keep the state bytes only, in place, so ctypes can read them without a copy
-        del raw[: start + 4 * n_tokens]
-        return None
+        return offset
 
     def load(self, llm: Any, tokens: list[int]) -> bool:
         """Restore the KV state of ``tokens`` into ``llm`` (sequence 0) if a good file
@@ -180,15 +180,17 @@ class PrefixStore:
         import llama_cpp
 
         path = self.path(tokens)
-        state = self._read(path, tokens)
-        if state is None:
+        found = self._read(path, tokens)
+        if found is None:
             return False
+        raw, offset = found
+        size = len(raw) - offset
         llm.reset()
         llm._ctx.kv_cache_clear()
-        buf = (ctypes.c_uint8 * len(state)).from_buffer(state)
-        n = llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(state), 0)
+        buf = (ctypes.c_uint8 * size).from_buffer(raw, offset)  # no copy
+        n = llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, size, 0)
         del buf
-        if n != len(state):
+        if n != size:
             log.warning("llama.cpp refused the KV state file %s; it will be rewritten", path)
             llm.reset()
             llm._ctx.kv_cache_clear()
