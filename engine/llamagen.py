@@ -8,20 +8,33 @@ grammar about that one token, and filter the whole vocabulary only when it is re
 This module does the same with llama.cpp's public sampler API, for greedy decoding and
 for temperature sampling, and reuses the KV cache of the longest common prompt prefix.
 
+Across processes, :class:`PrefixStore` keeps the KV state of each prompt's *static
+prefix* (everything before the final user message: DSPy's instructions and demos) in a
+file, so a fresh process loads it instead of evaluating ~1,000 tokens again.
+
 Used by :class:`engine.lm.LlamaCppEngine`; nothing here imports DSPy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
 import json
+import logging
+import os
 import re
+import struct
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Generation", "Generator"]
+__all__ = ["Generation", "Generator", "PrefixStore"]
+
+log = logging.getLogger(__name__)
 
 # llama-cpp-python's schema converter allows at most one space between JSON tokens. DSPy
 # shows the model indented JSON (its demos are ``json.dumps(indent=2)``), so a model
@@ -42,6 +55,19 @@ class Generation:
     reused_tokens: int
     finish_reason: str
     grammar_fallbacks: int = 0
+    prefix_state: str = ""
+    """"loaded" when the static prefix's KV state came from a file, "saved" when it was
+    written to one in this call, else ""."""
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class _Grammar:
@@ -70,14 +96,184 @@ class _Grammar:
             self._ptr = None
 
 
+
+class PrefixStore:
+    """KV states of static prompt prefixes on disk: one file per (model setup, prefix).
+
+    ``identity`` names everything besides the tokens that the KV values depend on (the
+    model file, ``n_ctx``, ``n_batch``, the llama.cpp build); a file's name is the
+    SHA-256 of the identity and the prefix's token ids. A file holds a magic, a JSON
+    header (the key, the token count, the state's SHA-256), the token ids (int32) and
+    llama.cpp's raw sequence state (``llama_state_seq_get_data``); nothing is unpickled.
+    A file that does not check out is logged, removed and rewritten later. At most
+    ``max_files`` files are kept, the least recently used (by mtime) removed first.
+    """
+
+    MAGIC = b"MEMKVST1"
+    SUFFIX = ".kvstate"
+    min_tokens = 16
+    """Shorter prefixes are not worth a file."""
+
+    def __init__(self, directory: str | Path, identity: str, *, max_files: int = 8) -> None:
+        self.directory = Path(directory).expanduser()
+        self.identity = identity
+        self.max_files = max(1, max_files)
+        self._write_failed = False
+
+    def key(self, tokens: list[int]) -> str:
+        h = hashlib.sha256(self.identity.encode())
+        h.update(b"\0")
+        h.update(np.asarray(tokens, dtype="<i4").tobytes())
+        return h.hexdigest()
+
+    def path(self, tokens: list[int]) -> Path:
+        return self.directory / (self.key(tokens) + self.SUFFIX)
+
+    # -- reading
+
+    def _read(self, path: Path, tokens: list[int]) -> tuple[bytearray, int] | None:
+        """The bytes of ``path`` and where its state starts, if the file is whole and is
+        for ``tokens``."""
+        try:
+            raw = bytearray(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read the KV state file %s: %s", path, exc)
+            return None
+        problem = self._check(raw, path.name[: -len(self.SUFFIX)], tokens)
+        if isinstance(problem, int):
+            return raw, problem
+        log.warning("ignoring the KV state file %s (%s); it will be rewritten", path, problem)
+        self._remove(path)
+        return None
+
+    def _check(self, raw: bytearray, key: str, tokens: list[int]) -> str | int:
+        """What is wrong with the file's bytes, or the offset of its state."""
+        n_magic = len(self.MAGIC)
+        if len(raw) < n_magic + 4 or raw[:n_magic] != self.MAGIC:
+            return "not a state file"
+        (n_header,) = struct.unpack_from("<I", raw, n_magic)
+        start = n_magic + 4 + n_header
+        try:
+            header = json.loads(bytes(raw[n_magic + 4: start]))
+            n_tokens, n_state = int(header["n_tokens"]), int(header["state_bytes"])
+            digest = str(header["sha256"])
+        except (ValueError, KeyError, TypeError):
+            return "unreadable header"
+        if header.get("key") != key or n_tokens != len(tokens):
+            return "made for another prompt"
+        if len(raw) != start + 4 * n_tokens + n_state:
+            return "truncated"
+        stored = np.frombuffer(raw, dtype="<i4", count=n_tokens, offset=start)
+        if not np.array_equal(stored, np.asarray(tokens, dtype="<i4")):
+            return "made for other tokens"
+        offset = start + 4 * n_tokens
+        if hashlib.sha256(memoryview(raw)[offset:]).hexdigest() != digest:
+            return "checksum mismatch"
+        return offset
+
+    def load(self, llm: Any, tokens: list[int]) -> bool:
+        """Restore the KV state of ``tokens`` into ``llm`` (sequence 0) if a good file
+        exists. On success the context holds exactly ``tokens``; on a failed restore it
+        is left empty; when there is no usable file it is left untouched."""
+        import llama_cpp
+
+        path = self.path(tokens)
+        found = self._read(path, tokens)
+        if found is None:
+            return False
+        raw, offset = found
+        size = len(raw) - offset
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        buf = (ctypes.c_uint8 * size).from_buffer(raw, offset)  # no copy
+        n = llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, size, 0)
+        del buf
+        if n != size:
+            log.warning("llama.cpp refused the KV state file %s; it will be rewritten", path)
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            self._remove(path)
+            return False
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used
+        return True
+
+    # -- writing
+
+    def save(self, llm: Any, tokens: list[int]) -> bool:
+        """Write the KV state of ``llm``, which must hold exactly ``tokens``, unless a
+        file for them exists. Failures are logged (once), never raised."""
+        import llama_cpp
+
+        path = self.path(tokens)
+        if self._write_failed or path.exists():
+            return False
+        if llm.n_tokens != len(tokens):
+            return False
+        ctx = llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        if not n or n > size:
+            log.warning("llama.cpp gave no sequence state to save")
+            return False
+        state = memoryview(buf).cast("B")[:n]
+        header = json.dumps({
+            "key": self.key(tokens), "n_tokens": len(tokens), "state_bytes": n,
+            "sha256": hashlib.sha256(state).hexdigest(),
+            "llama_cpp": getattr(llama_cpp, "__version__", "?"),
+        }).encode()
+        tmp = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=self.SUFFIX)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.MAGIC)
+                fh.write(struct.pack("<I", len(header)))
+                fh.write(header)
+                fh.write(np.asarray(tokens, dtype="<i4").tobytes())
+                fh.write(state)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self._write_failed = True
+            log.warning("cannot save the prompt's KV state in %s: %s (not trying again)",
+                        self.directory, exc)
+            if tmp is not None:
+                self._remove(Path(tmp))
+            return False
+        self._prune()
+        return True
+
+    def _prune(self) -> None:
+        files = []
+        for p in self.directory.glob("*" + self.SUFFIX):
+            if p.name.startswith(".tmp-"):
+                continue
+            with contextlib.suppress(OSError):
+                files.append((p.stat().st_mtime, p))
+        files.sort(reverse=True)
+        for _, p in files[self.max_files:]:
+            self._remove(p)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
 class Generator:
     """Chat generation on one ``llama_cpp.Llama`` with lazy grammar checks.
 
     ``llm`` must have been created by the caller (who owns and closes it). Prompts are
-    rendered with the GGUF's chat template (llama-cpp-python's Jinja2 formatter).
+    rendered with the GGUF's chat template (llama-cpp-python's Jinja2 formatter). With
+    ``prefix_store``, the static prefix's KV state is loaded from / saved to disk when
+    the context does not already hold it.
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, prefix_store: PrefixStore | None = None) -> None:
         import llama_cpp
         from llama_cpp import llama_chat_format
 
@@ -88,12 +284,17 @@ class Generator:
         self._all = np.zeros(self.n_vocab, dtype=_TOKEN_DTYPE)
         self._one = np.zeros(1, dtype=_TOKEN_DTYPE)
         template = llm.metadata.get("tokenizer.chat_template")
+        self.prefix_store = prefix_store
+        self.prefix_state = ""
         self._formatter: Any = None
+        self._history_formatter: Any = None
         if template:
             eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
             bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+            self._history_formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False)
 
     # -- prompt
 
@@ -112,22 +313,56 @@ class Generator:
         tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
         return tokens, [s for s in (stops or []) if s]
 
-    def _eval_prompt(self, tokens: list[int]) -> int:
-        """Evaluate ``tokens``, reusing the KV cache of the longest common prefix."""
-        llm = self.llm
-        cached = llm._input_ids[: llm.n_tokens].tolist()
-        prefix = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            prefix += 1
-        prefix = min(prefix, len(tokens) - 1)  # always decode one token for fresh logits
-        if prefix > 0 and llm._ctx.kv_cache_seq_rm(-1, prefix, -1):
-            llm.n_tokens = prefix
+    def static_prefix(self, messages: list[dict[str, str]], tokens: list[int]) -> int:
+        """How many of ``tokens`` (the prompt of ``messages``) render the messages before
+        the last one: the part the next call with other input will share."""
+        if len(messages) < 2:
+            return 0
+        if self._history_formatter is not None:
+            result = self._history_formatter(messages=messages[:-1])
+            text = result.prompt
+            add_bos = not getattr(result, "added_special", False)
         else:
-            prefix = 0
-            llm.reset()
-            llm._ctx.kv_cache_clear()
+            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                           for m in messages[:-1])
+            add_bos = True
+        head = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return min(_common(head, tokens), len(tokens) - 1)
+
+    def _keep(self, n: int) -> int:
+        """Trim the context to its first ``n`` tokens (or empty it); the tokens kept."""
+        llm = self.llm
+        if n > 0 and llm._ctx.kv_cache_seq_rm(-1, n, -1):
+            llm.n_tokens = n
+            return n
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        return 0
+
+    def _eval_prompt(self, tokens: list[int], static: int = 0) -> int:
+        """Evaluate ``tokens``, reusing the KV cache of the longest common prefix.
+
+        With a prefix store and a ``static`` prefix longer than what the context holds,
+        the static prefix's state is loaded from disk, or else evaluated on its own and
+        saved, before the rest. Returns the tokens not evaluated here."""
+        llm = self.llm
+        self.prefix_state = ""
+        cached = llm._input_ids[: llm.n_tokens].tolist()
+        # always decode at least one token, for fresh logits
+        prefix = self._keep(min(_common(cached, tokens), len(tokens) - 1))
+        store = self.prefix_store
+        static = min(static, len(tokens) - 1)
+        if store is not None and static > prefix and static >= store.min_tokens:
+            head = tokens[:static]
+            if store.load(llm, head):
+                prefix, self.prefix_state = static, "loaded"
+            else:
+                prefix = min(prefix, llm.n_tokens)  # a failed load empties the context
+                llm.eval(tokens[prefix:static])
+                if store.save(llm, head):
+                    self.prefix_state = "saved"
+                llm.eval(tokens[static:])
+                return prefix
         llm.eval(tokens[prefix:])
         return prefix
 
@@ -184,7 +419,8 @@ class Generator:
             gbnf = _SPACE_RE.sub(lambda _: _SPACE_RULE, json_schema_to_gbnf(json.dumps(schema)))
             grammar = _Grammar(self._lib, self._vocab, gbnf)
         rng = np.random.default_rng(seed)
-        reused = self._eval_prompt(tokens)
+        static = self.static_prefix(messages, tokens) if self.prefix_store is not None else 0
+        reused = self._eval_prompt(tokens, static)
         out: list[int] = []
         text = b""
         finish = "length"
@@ -221,7 +457,7 @@ class Generator:
                 decoded = decoded[: decoded.index(s)]
         return Generation(text=decoded, prompt_tokens=len(tokens), completion_tokens=len(out),
                           reused_tokens=reused, finish_reason=finish,
-                          grammar_fallbacks=fallbacks)
+                          grammar_fallbacks=fallbacks, prefix_state=self.prefix_state)
 
     def generate_stock(self, messages: list[dict[str, str]],
                        response_format: dict[str, Any] | None, *, max_tokens: int = 512,

@@ -27,7 +27,10 @@ new suffix. Extract and resolve calls alternate and have different static prefix
 (instructions and demos), so the in-process engine keeps up to ``slots`` contexts, one
 per system prompt, over the same memory-mapped weights. Measured with the compiled
 program (``benchmarks/results/extraction.md``): 915 of 1,008 prompt tokens per extract
-call come from the cache.
+call come from the cache. Across processes, the KV state of each prompt's static prefix
+(instructions and demos: everything before the final user message) is kept on disk in
+``kv_cache_dir`` (:class:`engine.llamagen.PrefixStore`), so a new process's first call
+loads it instead of evaluating it again.
 
 Nothing here imports DSPy or llama.cpp at module level: ``import engine`` stays light.
 Loading problems raise :class:`~engine.errors.ModelError`; generation problems raise
@@ -50,7 +53,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.errors import ModelError
 
@@ -66,6 +69,8 @@ __all__ = [
     "gpu_layers",
     "import_dspy",
     "make_lm",
+    "model_fingerprint",
+    "resolve_kv_dir",
     "schema_adapter",
 ]
 
@@ -118,6 +123,10 @@ class EngineStats:
     """Prompt tokens whose KV cache was reused from the previous call (not evaluated)."""
     grammar_fallbacks: int = 0
     """Tokens where the model's first choice broke the JSON schema and was replaced."""
+    kv_state_loads: int = 0
+    """Calls whose static prompt prefix was loaded from a saved KV state file."""
+    kv_state_saves: int = 0
+    """KV state files written."""
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -214,6 +223,36 @@ def check_gguf(path: str | Path) -> Path:
     return p
 
 
+def resolve_kv_dir(value: str | Path | Literal[False] | None = None) -> Path | None:
+    """Where prompt-prefix KV states are kept: ``value``, else ``$MEMENGINE_KV_DIR``, else
+    ``kv/`` in the model cache. ``False`` or ``""`` (also as the variable) disables it."""
+    if value is None:
+        env = os.environ.get("MEMENGINE_KV_DIR")
+        if env is not None:
+            value = env
+        else:
+            from engine.models import model_cache_dir
+
+            return model_cache_dir() / "kv"
+    if value is False or value == "":
+        return None
+    return Path(value).expanduser()
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A cheap identity of a model file's content: its size and the SHA-256 of its first
+    4 MiB (the GGUF header and metadata, the first tensors) and last 1 MiB."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with p.open("rb") as fh:
+        h.update(fh.read(4 << 20))
+        if size > 5 << 20:
+            fh.seek(size - (1 << 20))
+            h.update(fh.read())
+    return h.hexdigest()
+
+
 class LlamaCppEngine:
     """A DSPy engine running a GGUF in this process with llama-cpp-python.
 
@@ -222,6 +261,9 @@ class LlamaCppEngine:
     defaults to every core this process may use; ``n_gpu_layers`` to -1 when llama.cpp
     reports GPU offload support, else 0. ``slots`` contexts are kept, one per distinct
     system prompt, so that alternating programs each reuse their prompt prefix.
+    ``kv_cache_dir`` keeps the KV state of each prompt's static prefix on disk for the
+    next process (see :func:`resolve_kv_dir` for the default; ``False`` disables it), at
+    most ``kv_cache_files`` files, least recently used removed first.
     """
 
     supports_response_schema = True
@@ -242,9 +284,14 @@ class LlamaCppEngine:
         seed: int = 0,
         name: str | None = None,
         lazy_grammar: bool = True,
+        kv_cache_dir: str | Path | Literal[False] | None = None,
+        kv_cache_files: int = 8,
         verbose: bool = False,
     ) -> None:
         self.model_path = check_gguf(model_path)
+        self.kv_cache_dir = resolve_kv_dir(kv_cache_dir)
+        self.kv_cache_files = kv_cache_files
+        self._prefix_store: Any = None
         self.lazy_grammar = lazy_grammar
         self.name = name or self.model_path.stem
         self.n_ctx = n_ctx
@@ -285,6 +332,21 @@ class LlamaCppEngine:
                 "`memengine models verify`, or try another GGUF"
             ) from exc
         self.stats.loads += 1
+        if self.kv_cache_dir is not None and self._prefix_store is None:
+            from engine.llamagen import PrefixStore
+
+            try:
+                fingerprint = model_fingerprint(self.model_path)
+            except OSError as exc:
+                log.warning("not keeping KV states: cannot read %s: %s", self.model_path, exc)
+                self.kv_cache_dir = None
+            else:
+                identity = json.dumps({
+                    "model": fingerprint, "n_ctx": self.n_ctx, "n_batch": self.n_batch,
+                    "n_gpu_layers": layers, "llama_cpp": getattr(llama_cpp, "__version__", "?"),
+                }, sort_keys=True)
+                self._prefix_store = PrefixStore(self.kv_cache_dir, identity,
+                                                 max_files=self.kv_cache_files)
         return llm
 
     def _context(self, key: str) -> Any:
@@ -299,7 +361,8 @@ class LlamaCppEngine:
             old.llm.close()
         from engine.llamagen import Generator
 
-        generator = Generator(self._load())
+        llm = self._load()
+        generator = Generator(llm, prefix_store=self._prefix_store)
         self._contexts[key] = generator
         return generator
 
@@ -360,6 +423,10 @@ class LlamaCppEngine:
         self.stats.completion_tokens += out.completion_tokens
         self.stats.reused_tokens += out.reused_tokens
         self.stats.grammar_fallbacks += out.grammar_fallbacks
+        if out.prefix_state == "loaded":
+            self.stats.kv_state_loads += 1
+        elif out.prefix_state == "saved":
+            self.stats.kv_state_saves += 1
         return Response(
             id=None, model=self.name, message=Message.assistant([TextPart(out.text)]),
             finish_reason=out.finish_reason,

@@ -47,7 +47,9 @@ def _require(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[LlamaCppEngine]:
-    engine = LlamaCppEngine(_require("smollm2-135m"), n_ctx=2048, max_tokens=128)
+    # no prefix states in the shared model cache (tests/test_kv_state.py covers them)
+    engine = LlamaCppEngine(_require("smollm2-135m"), n_ctx=2048, max_tokens=128,
+                            kv_cache_dir=False)
     yield engine
     engine.close()
 
