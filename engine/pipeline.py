@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from engine.extract import ExtractedFact, Extractor, KnownFact, Turn
 from engine.extract.salience import worth_extracting
-from engine.extract.slots import is_multi_valued, normalise_value, same_item, same_subject
+from engine.extract.slots import (
+    is_multi_valued,
+    normalise_attribute,
+    normalise_subject,
+    normalise_value,
+    same_item,
+    same_subject,
+)
 from engine.maintain import Decision, Ref
 from engine.store import CURRENT, Store, content_hash, id_list
 
@@ -174,18 +181,20 @@ def _decide_one(
     store: Store,
     index: VectorIndex,
 ) -> Decision:
+    slot = normalise_attribute(fact.slot) if fact.slot else None
+    subject = normalise_subject(fact.about)
     decision = Decision(
         text=fact.text.strip(),
         category=fact.category,
-        metadata={**message.metadata, **({"about": fact.about} if fact.about != "user" else {})},
+        metadata={**message.metadata, **({"about": subject} if subject != "user" else {})},
         user_id=message.user_id,
         agent_id=message.agent_id,
         run_id=message.run_id,
         valid_from=fact.valid_from or message.observed_at,
         message_id=message.id,
         vector=vector,
-        subject=fact.about,
-        slot=fact.slot,
+        subject=subject,
+        slot=slot,
         value=fact.value,
     )
     digest = content_hash(decision.text)
@@ -209,15 +218,15 @@ def _decide_one(
             return
         (decision.corrects if _corrects(since, fact, message) else decision.supersedes).append(ref)
 
-    if fact.slot is not None:
+    if slot:
         same_slot = [(ref, s) for ref, s in peers
-                     if s.slot == fact.slot and same_subject(s.subject or "user", fact.about)]
+                     if s.slot == slot and same_subject(s.subject or "user", subject)]
         value = normalise_value(fact.value or "")
         for ref, s in same_slot:
             if value and normalise_value(s.value or "") == value:
                 decision.duplicate_of = ref
                 return decision
-        many = is_multi_valued(fact.slot)
+        many = is_multi_valued(slot)
         for ref, s in same_slot:
             if not many or (value and same_item(s.value or "", fact.value or "")):
                 close(ref, s.valid_from)

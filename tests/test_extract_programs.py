@@ -58,24 +58,21 @@ class CannedEngine:
         pass
 
 
-def _facts(*facts: dict[str, str]) -> str:
-    return json.dumps({"facts": list(facts)})
+def _facts(*lines: str) -> str:
+    return json.dumps({"facts": list(lines)})
 
 
 def test_valid_answer_becomes_extracted_facts() -> None:
     engine = CannedEngine([_facts(
-        {"text": "User loves coffee", "subject": "Maria", "slot": "Daily_Drink",
-         "value": "coffee"},
-        {"text": "User starts at Google", "subject": "user", "slot": "employer",
-         "value": "Google", "since": "2024-06-17"},
-        {"text": "User is in Lisbon today", "subject": "I", "slot": "city",
-         "value": "Lisbon", "since": "2024-06-12"},
-        {"text": "User's sister Ana is a nurse", "subject": "User's sister Ana",
-         "slot": "job", "value": "nurse", "ends": 0},
+        "User loves coffee | Maria | Daily_Drink | coffee",
+        "User starts at Google | user | employer | Google | 2024-06-17",
+        "User is in Lisbon today | I | city | Lisbon | 2024-06-12",
+        "User's sister Ana is a nurse | User's sister Ana | job | nurse",
+        "User is happy",  # a slip: no slot, but the sentence is kept
     )])
     extractor = DspyExtractor(engine=engine, program=False)
     assert isinstance(extractor, Extractor)
-    known = [KnownFact(0, "User's sister Ana is a teacher", "sister Ana", "job", "teacher",
+    known = [KnownFact("User's sister Ana is a teacher", "sister Ana", "job", "teacher",
                        datetime(2024, 1, 1))]
     facts = extractor.extract([Turn("user", "I love coffee; Google next week", WHEN, "Maria")],
                               known)
@@ -84,8 +81,8 @@ def test_valid_answer_becomes_extracted_facts() -> None:
         ExtractedFact("User starts at Google", "work", "user", datetime(2024, 6, 17), "job",
                       "Google"),
         ExtractedFact("User is in Lisbon today", "place", "user", None, "home city", "Lisbon"),
-        ExtractedFact("User's sister Ana is a nurse", "work", "sister Ana", None, "job", "nurse",
-                      ends=0),
+        ExtractedFact("User's sister Ana is a nurse", "work", "sister Ana", None, "job", "nurse"),
+        ExtractedFact("User is happy", "other", "user", None, None, None),
     ]
     assert extractor.identity == "dspy/canned/zero-shot"
     request = engine.requests[0]
@@ -94,18 +91,7 @@ def test_valid_answer_becomes_extracted_facts() -> None:
     assert schema["properties"]["facts"]["maxItems"] == 8
     prompt = request.messages[-1].text
     assert "next week = 2024-06-19" in prompt and "Maria: I love coffee" in prompt
-    assert "0: sister Ana | job | User's sister Ana is a teacher (since 2024-01-01)" in prompt
-
-
-def test_aliases_not_offered_are_ignored_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    engine = CannedEngine([_facts(
-        {"text": "User drinks tea now", "subject": "user", "slot": "daily drink",
-         "value": "tea", "ends": 7})])
-    extractor = DspyExtractor(engine=engine, program=False)
-    with caplog.at_level(logging.WARNING, logger="engine.extract.programs"):
-        (fact,) = extractor.extract([Turn("user", "tea for me now", WHEN)])
-    assert fact.ends is None and "not offered" in caplog.text
-    assert "none" in engine.requests[0].messages[-1].text  # no known facts were shown
+    assert "User's sister Ana is a teacher | sister Ana | job | teacher" in prompt
 
 
 def test_garbage_from_the_lm_is_retried_then_raises() -> None:
@@ -120,11 +106,9 @@ def test_garbage_from_the_lm_is_retried_then_raises() -> None:
 
 def test_invalid_values_are_retried_and_a_good_retry_wins() -> None:
     engine = CannedEngine([
-        _facts({"text": "", "subject": "user", "slot": "home city", "value": ""}),
-        _facts({"text": "User moved", "subject": "user", "slot": "home city", "value": "?",
-                "since": "2024-02-30"}),
-        _facts({"text": "User moved to Porto", "subject": "user", "slot": "home city",
-                "value": "Porto"}),
+        _facts(" | user | home city | Porto"),
+        _facts("User moved to Porto | user | home city | Porto | 2024-02-30"),
+        _facts("User moved to Porto | user | home city | Porto"),
     ])
     extractor = DspyExtractor(engine=engine, program=False, retries=2)
     facts = extractor.extract([Turn("user", "I moved to Porto", WHEN)])
@@ -147,8 +131,7 @@ def test_chit_chat_and_empty_input_make_no_call() -> None:
 def test_long_input_is_extracted_in_chunks() -> None:
     def reply(request: Any) -> str:
         first_line = request.messages[-1].text.split("User: ", 1)[1][:18]
-        return _facts({"text": f"User said: {first_line}", "subject": "user",
-                       "slot": "notes", "value": first_line})
+        return _facts(f"User said: {first_line} | user | notes | {first_line}")
 
     engine = CannedEngine(reply)
     extractor = DspyExtractor(engine=engine, program=False, max_chunk_chars=200)
@@ -181,8 +164,7 @@ def test_compiled_program_is_loaded_and_named(tmp_path: Path) -> None:
     extractor.program.extract.demos = [dspy.Example(
         observation_date="2024-01-01 (Monday)", date_hints="none", known="none",
         conversation="User: I live in Porto.",
-        facts=[{"text": "User lives in Porto", "subject": "user", "slot": "home city",
-                "value": "Porto"}])]
+        facts=["User lives in Porto | user | home city | Porto"])]
     extractor.program.save(str(program_file))
     engine = CannedEngine([_facts()])
     loaded = DspyExtractor(engine=engine, program=program_file)
@@ -246,7 +228,7 @@ def _smollm2() -> str:
 @pytest.mark.model
 def test_real_small_model_extracts_within_the_contract() -> None:
     with DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256) as extractor:
-        known = [KnownFact(0, "User lives in Lisbon", "user", "home city", "Lisbon",
+        known = [KnownFact("User lives in Lisbon", "user", "home city", "Lisbon",
                            datetime(2024, 5, 1))]
         try:
             facts = extractor.extract(
@@ -255,7 +237,6 @@ def test_real_small_model_extracts_within_the_contract() -> None:
             facts = None  # allowed by the contract; the message would stay pending
         if facts is not None:
             assert all(isinstance(f, ExtractedFact) and f.text for f in facts)
-            assert all(f.ends in (None, 0) for f in facts)
         assert extractor.engine.stats.calls >= 1
 
 
@@ -267,10 +248,8 @@ def test_the_shipped_program_loads_for_any_model() -> None:
 
 def test_a_fact_that_names_its_time_gets_that_date_when_the_model_left_it_empty() -> None:
     engine = CannedEngine([_facts(
-        {"text": "User's sister Ana is visiting next week", "subject": "Ana",
-         "slot": "plans", "value": "visit"},
-        {"text": "User moved here in January", "subject": "user", "slot": "home city",
-         "value": "here"})])
+        "User's sister Ana is visiting next week | Ana | plans | visit",
+        "User moved here in January | user | home city | here")])
     extractor = DspyExtractor(engine=engine, program=False)
     facts = extractor.extract([Turn("user", "My sister Ana is visiting next week.", WHEN)])
     assert facts[0].valid_from == datetime(2024, 6, 19)  # said on 2024-06-12
