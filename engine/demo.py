@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.cli.output import format_time, table
+from engine.cli.output import format_time, table, with_slot
 from engine.memory import Memory
 from engine.types import AddResult, Event, SearchHit
 
@@ -51,7 +51,7 @@ def run_demo(db_path: Path, *, embedder: str | None = None, lm: str | None = Non
         echo(f"\n== {text}")
 
     def hits_table(hits: list[SearchHit]) -> str:
-        rows = [[h.score, h.text, format_time(h.valid_from), format_time(h.valid_to)]
+        rows = [[h.score, with_slot(h), format_time(h.valid_from), format_time(h.valid_to)]
                 for h in hits]
         return table(rows, ["score", "fact", "valid from", "valid to"], wrap_column=1)
 

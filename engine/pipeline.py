@@ -16,8 +16,8 @@ For each group of messages (one scope, in order):
    ``valid_from``), or corrected when it was said within ``CORRECTION_WINDOW`` before and the
    new fact names no date of its own (the old one was a slip, never true); a
    multi-valued slot: a new value is added beside the others, and news about a value
-   already there ("Rex" -> "Rex (died)") supersedes it. Late news about an older period never overwrites a
-   newer fact: :mod:`engine.maintain` stores it as a closed historical version.
+   already there ("Rex" -> "Rex (died)") supersedes it. Late news about an older period
+   never overwrites a newer fact: :mod:`engine.maintain` stores it as a closed historical version.
 
 No English word list decides anything here, so a change said in any language, or with no
 cue word at all ("we got the keys to our flat in Porto"), is read the same way.
@@ -26,6 +26,7 @@ cue word at all ("we got the keys to our flat in Porto"), is read the same way.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -65,6 +66,9 @@ KNOWN_MIN_SIMILARITY = 0.25
 PARAPHRASE_MIN_SIMILARITY = 0.92
 """Cosine similarity above which a new fact with no slot match is a duplicate of a current
 fact (a paraphrase: "User lives in Porto" and "User is living in Porto")."""
+SAME_THING_MIN_SIMILARITY = 0.68
+"""Cosine similarity above which a fact with an unmatched slot name replaces a current
+single-valued fact of the same subject (see ``_same_thing``)."""
 CORRECTION_WINDOW = timedelta(days=1)
 """A contradiction of a fact said this recently, naming no date of its own, corrects it."""
 
@@ -166,6 +170,19 @@ def decide(
     return decisions
 
 
+_NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
+
+
+def _specifics(text: str) -> set[str]:
+    """The numbers and capitalised words of a fact (after its first word)."""
+    words = text.split()[1:]
+    return {w.strip(".,;:!?'\"()") for w in words if w[:1].isupper() or _NUMBER.search(w)}
+
+
+def _is_count(value: str | None) -> bool:
+    return bool(value) and bool(_NUMBER.fullmatch(normalise_value(value or "").split()[0]))
+
+
 def _corrects(target_since: datetime, fact: ExtractedFact, message: PendingMessage) -> bool:
     return fact.valid_from is None and \
         timedelta(0) <= message.observed_at - target_since <= CORRECTION_WINDOW
@@ -209,7 +226,9 @@ def _decide_one(
         if content_hash(earlier.text) == digest:
             decision.duplicate_of = ref
             return decision
-        if earlier.duplicate_of is None and earlier.slot is not None:
+        # facts of the same message never replace each other: they were said together
+        if earlier.duplicate_of is None and earlier.slot is not None \
+                and earlier.message_id != message.id:
             peers.append((ref, _Stored(-1, earlier.text, earlier.subject, earlier.slot,
                                        earlier.value, earlier.valid_from)))
 
@@ -228,21 +247,54 @@ def _decide_one(
                 return decision
         many = is_multi_valued(slot)
         for ref, s in same_slot:
-            if not many or (value and same_item(s.value or "", fact.value or "")):
+            if not many or (value and same_item(s.value or "", fact.value or "")) \
+                    or (_is_count(s.value) and _is_count(fact.value)):
                 close(ref, s.valid_from)
+        if not same_slot:
+            _same_thing(decision, peers, subject, close, store)
     if not decision.supersedes and not decision.corrects:
         _paraphrase(decision, store, index, message)
     return decision
 
 
+def _same_thing(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: str,
+                close: Any, store: Store) -> None:
+    """A fact whose slot name matches nothing of its subject's may still be about a
+    single-valued slot the model named differently this time ("sleep duration" for
+    "bedtime"): when its sentence is as close as ``SAME_THING_MIN_SIMILARITY`` to such a
+    current fact of the same subject, with other specifics, it replaces that fact."""
+    if not peers or decision.vector is None:
+        return
+    import numpy as np
+
+    candidates = {s.id: (ref, s) for ref, s in peers if s.slot and s.id >= 0
+                  and not is_multi_valued(s.slot) and same_subject(s.subject or "user", subject)}
+    if not candidates:
+        return
+    ids, vectors = store.embeddings_for(list(candidates))
+    if not ids:
+        return
+    sims = vectors @ np.asarray(decision.vector, dtype=np.float32)
+    best = int(np.argmax(sims))
+    ref, stored = candidates[ids[best]]
+    if float(sims[best]) >= SAME_THING_MIN_SIMILARITY and \
+            _specifics(stored.text) != _specifics(decision.text):
+        close(ref, stored.valid_from)
+
+
 def _paraphrase(decision: Decision, store: Store, index: VectorIndex,
                 message: PendingMessage) -> None:
-    """Mark ``decision`` a duplicate of a current fact it merely rephrases."""
+    """Mark ``decision`` a duplicate of a current fact it merely rephrases (close in
+    meaning, and the same names and numbers: "User has 3 kids" is no paraphrase of "User
+    has 2 kids", however close their vectors)."""
     ids, sims = index.search(message.user_id, decision.vector, 3)
     close = [i for i, s in zip(ids, sims, strict=True) if s >= PARAPHRASE_MIN_SIMILARITY]
     if not close:
         return
-    rows = store.query(f"SELECT id FROM facts WHERE id IN {id_list(close)} AND {CURRENT}"
+    rows = store.query(f"SELECT id, text FROM facts WHERE id IN {id_list(close)} AND {CURRENT}"
                        " AND agent_id IS NOT DISTINCT FROM ? ORDER BY id", [message.agent_id])
-    if rows:
-        decision.duplicate_of = Ref(fact_id=int(rows[0][0]))
+    mine = _specifics(decision.text)
+    for fact_id, text in rows:
+        if _specifics(str(text)) == mine:
+            decision.duplicate_of = Ref(fact_id=int(fact_id))
+            return

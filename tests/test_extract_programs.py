@@ -9,7 +9,6 @@ adapter and parsing. Tests marked ``model`` run SmolLM2 for real.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable
 from datetime import date, datetime
@@ -70,12 +69,12 @@ def test_valid_answer_becomes_extracted_facts() -> None:
         "User's sister Ana is a nurse | User's sister Ana | job | nurse",
         "User is happy",  # a slip: no slot, but the sentence is kept
     )])
-    extractor = DspyExtractor(engine=engine, program=False)
+    extractor = DspyExtractor(engine=engine, program=False, show_known=True)
     assert isinstance(extractor, Extractor)
     known = [KnownFact("User's sister Ana is a teacher", "sister Ana", "job", "teacher",
                        datetime(2024, 1, 1))]
-    facts = extractor.extract([Turn("user", "I love coffee; Google next week", WHEN, "Maria")],
-                              known)
+    said = "I love coffee; Google next week; in Lisbon today. My sister Ana is a nurse."
+    facts = extractor.extract([Turn("user", said, WHEN, "Maria")], known)
     assert facts == [  # Maria is the user; slot names are normalised; category from slot
         ExtractedFact("User loves coffee", "preference", "user", None, "daily drink", "coffee"),
         ExtractedFact("User starts at Google", "work", "user", datetime(2024, 6, 17), "job",
@@ -92,6 +91,25 @@ def test_valid_answer_becomes_extracted_facts() -> None:
     prompt = request.messages[-1].text
     assert "next week = 2024-06-19" in prompt and "Maria: I love coffee" in prompt
     assert "User's sister Ana is a teacher | sister Ana | job | teacher" in prompt
+
+
+def test_a_value_whose_names_or_numbers_are_not_in_the_message_is_dropped() -> None:
+    engine = CannedEngine([_facts(
+        "User lives in Valencia | user | home city | Valencia",  # a demo, repeated
+        "User has 3 cats | user | pets | 3 cats",
+        "User lives in São Paulo | user | home city | São Paulo")])
+    facts = DspyExtractor(engine=engine, program=False).extract(
+        [Turn("user", "Eu moro em são paulo e tenho 3 gatos.", WHEN)])
+    assert [f.text for f in facts] == ["User has 3 cats", "User lives in São Paulo"]
+
+
+def test_known_facts_are_not_shown_by_default() -> None:
+    engine = CannedEngine([_facts()])
+    known = [KnownFact("User lives in Lisbon", "user", "home city", "Lisbon",
+                       datetime(2024, 1, 1))]
+    DspyExtractor(engine=engine, program=False).extract([Turn("user", "I moved", WHEN)], known)
+    prompt = engine.requests[0].messages[-1].text
+    assert "Lisbon" not in prompt and "[[ ## known ## ]]\nnone" in prompt
 
 
 def test_garbage_from_the_lm_is_retried_then_raises() -> None:

@@ -5,7 +5,6 @@ English cue word. The same story with a real GGUF lives in test_story_real_model
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -128,6 +127,50 @@ def test_multi_valued_slots_keep_every_value(make_memory) -> None:  # type: igno
         result = memory.add(text, user_id="u", observed_at=datetime(2026, 5, 1 + 3 * i))
         assert [e.kind for e in result.events] == ["ADD"]
     assert len(memory.get_all("u")) == 4
+
+
+def test_facts_said_together_never_replace_each_other(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"a": [fact("User runs Postgres 14 in production", "database", "Postgres 14"),
+               fact("User has a read replica", "database", "read replica")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    result = memory.add("a", user_id="u")
+    assert [e.kind for e in result.events] == ["ADD", "ADD"]
+    assert len(memory.get_all("u")) == 2
+
+
+def test_a_new_count_replaces_the_old_one_even_in_a_multi_valued_slot(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"a": [fact("User has 2 kids", "children", "2")],
+         "b": [fact("User has 3 kids now", "kids", "3 kids")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    memory.add("a", user_id="u", observed_at=DAY1)
+    result = memory.add("b", user_id="u", observed_at=DAY30)
+    assert [(e.kind, e.old_text) for e in result.events] == [("SUPERSEDE", "User has 2 kids")]
+
+
+def test_a_close_sentence_with_other_numbers_is_no_paraphrase(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"a": [fact("User runs 5 km every morning")], "b": [fact("User runs 8 km every morning")],
+         "c": [fact("User runs 5 km each morning")]})
+    memory = make_memory(extractor=extractor, infer=True, embedder=minilm)
+    memory.add("a", user_id="u", observed_at=DAY1)
+    assert [e.kind for e in memory.add("b", user_id="u", observed_at=DAY30).events] == ["ADD"]
+    assert [e.kind for e in memory.add("c", user_id="u", observed_at=DAY30).events] == [
+        "DUPLICATE"]
+
+
+def test_a_slot_named_differently_still_replaces_a_close_single_valued_fact(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"a": [fact("User sleeps 6 hours per night", "bedtime", "6 hours"),
+               fact("User lives in Toulouse", "home city", "Toulouse")],
+         "b": [fact("User's sleep duration is now 8 hours", "sleep duration", "8 hours")]})
+    memory = make_memory(extractor=extractor, infer=True, embedder=minilm)
+    memory.add("a", user_id="u", observed_at=DAY1)
+    result = memory.add("b", user_id="u", observed_at=DAY30)
+    assert [(e.kind, e.old_text) for e in result.events] == [
+        ("SUPERSEDE", "User sleeps 6 hours per night")]
+    assert "User lives in Toulouse" in [f.text for f in memory.get_all("u")]
 
 
 def test_people_the_user_mentions_have_their_own_slots(make_memory) -> None:  # type: ignore[no-untyped-def]

@@ -144,9 +144,8 @@ def normalise_subject(subject: str, user_names: set[str] = frozenset()) -> str: 
     text = " ".join(subject.split())
     if text.casefold() in _USER_WORDS or text.casefold() in user_names or not text:
         return "user"
-    kept = [w for w in re.split(r"\s+", text)
-            if w.casefold().strip("'’") not in _SUBJECT_DROP and w.casefold() not in
-            ("user's", "user’s")]
+    kept = [w for w in text.replace("\u2019", "'").split()
+            if w.casefold().strip("'") not in _SUBJECT_DROP and w.casefold() != "user's"]
     return " ".join(kept) or "user"
 
 
