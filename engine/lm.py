@@ -23,11 +23,10 @@ on a busy 2-core machine spinning made generation 15x slower, so the engine sets
 (unless the environment already does) before llama.cpp loads.
 
 Prefix reuse: llama.cpp keeps the KV cache of the previous prompt and only evaluates the
-new suffix. Extract and resolve calls alternate and have different static prefixes
-(instructions and demos), so the in-process engine keeps up to ``slots`` contexts, one
-per system prompt, over the same memory-mapped weights. Measured with the compiled
-program (``benchmarks/results/extraction.md``): 915 of 1,008 prompt tokens per extract
-call come from the cache. Across processes, the KV state of each prompt's static prefix
+new suffix. Programs with different static prefixes (instructions and demos) would evict
+each other's cache, so the in-process engine keeps up to ``slots`` contexts, one per system
+prompt, over the same memory-mapped weights (the extract program alone needs one; the
+cached share per call is in ``benchmarks/results/extraction.md``). Across processes, the KV state of each prompt's static prefix
 (instructions and demos: everything before the final user message) is kept on disk in
 ``kv_cache_dir`` (:class:`engine.llamagen.PrefixStore`), so a new process's first call
 loads it instead of evaluating it again.

@@ -16,7 +16,9 @@ For each group of messages (one scope, in order):
    ``valid_from``), or corrected when it was said within ``CORRECTION_WINDOW`` before and the
    new fact names no date of its own (the old one was a slip, never true); a
    multi-valued slot: a new value is added beside the others, and news about a value
-   already there ("Rex" -> "Rex (died)") supersedes it. Late news about an older period
+   already there ("Rex" -> "Rex (died)") supersedes it; a single-valued fact that names a
+   value of a catch-all slot ("green tea over coffee" after coffee filed under hobbies)
+   supersedes that value. Late news about an older period
    never overwrites a newer fact: :mod:`engine.maintain` stores it as a closed historical version.
 
 No English word list decides anything here, so a change said in any language, or with no
@@ -69,6 +71,8 @@ fact (a paraphrase: "User lives in Porto" and "User is living in Porto")."""
 SAME_THING_MIN_SIMILARITY = 0.68
 """Cosine similarity above which a fact with an unmatched slot name replaces a current
 single-valued fact of the same subject (see ``_same_thing``)."""
+GENERIC_SLOTS = frozenset({"likes", "dislikes", "hobbies"})
+"""Multi-valued slots a small model uses for any preference (see ``_named_preference``)."""
 CORRECTION_WINDOW = timedelta(days=1)
 """A contradiction of a fact said this recently, naming no date of its own, corrects it."""
 
@@ -252,6 +256,8 @@ def _decide_one(
                 close(ref, s.valid_from)
         if not same_slot:
             _same_thing(decision, peers, subject, close, store)
+        if not many:
+            _named_preference(decision, peers, subject, close)
     if not decision.supersedes and not decision.corrects:
         _paraphrase(decision, store, index, message)
     return decision
@@ -280,6 +286,19 @@ def _same_thing(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: s
     if float(sims[best]) >= SAME_THING_MIN_SIMILARITY and \
             _specifics(stored.text) != _specifics(decision.text):
         close(ref, stored.valid_from)
+
+
+def _named_preference(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: str,
+                      close: Any) -> None:
+    """A single-valued fact that names a value held in one of the subject's catch-all
+    slots (``GENERIC_SLOTS``: a small model files "loves coffee in the morning" under
+    hobbies) replaces it: "User prefers green tea over coffee" ends "User loves coffee"."""
+    said = set(normalise_value(decision.text).split())
+    for ref, stored in peers:
+        if stored.slot in GENERIC_SLOTS and same_subject(stored.subject or "user", subject):
+            words = set(normalise_value(stored.value or "").split())
+            if words and words <= said and stored.value != decision.value:
+                close(ref, stored.valid_from)
 
 
 def _paraphrase(decision: Decision, store: Store, index: VectorIndex,

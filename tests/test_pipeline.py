@@ -173,6 +173,19 @@ def test_a_slot_named_differently_still_replaces_a_close_single_valued_fact(make
     assert "User lives in Toulouse" in [f.text for f in memory.get_all("u")]
 
 
+def test_a_preference_filed_under_hobbies_is_replaced_when_a_new_one_names_it(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"a": [fact("User loves coffee in the morning", "hobbies", "coffee"),
+               fact("User plays tennis", "hobbies", "tennis")],
+         "b": [fact("User prefers green tea over coffee", "daily drink", "green tea")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    memory.add("a", user_id="u", observed_at=DAY1)
+    result = memory.add("b", user_id="u", observed_at=DAY30)
+    assert [(e.kind, e.old_text) for e in result.events] == [
+        ("SUPERSEDE", "User loves coffee in the morning")]
+    assert "User plays tennis" in [f.text for f in memory.get_all("u")]
+
+
 def test_people_the_user_mentions_have_their_own_slots(make_memory) -> None:  # type: ignore[no-untyped-def]
     extractor = ScriptedExtractor(
         {"a": [fact("User lives in Lisbon", "home city", "Lisbon"),

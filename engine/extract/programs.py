@@ -56,7 +56,7 @@ _MAX_FACTS = 8
 
 
 def signatures() -> Any:
-    """The module of DSPy classes (``ExtractFacts``, ``ResolveFact``, ``FactProgram``...),
+    """The module of DSPy classes (``ExtractMemories``, ``FactProgram``),
     imported on first use because it imports DSPy."""
     from engine.lm import import_dspy
 
