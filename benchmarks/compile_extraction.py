@@ -6,8 +6,9 @@
 Optimizer: DSPy's ``LabeledFewShot`` over a hand-written demo pool (train material only:
 never a validation or test case). Each demo is a message, the known facts shown beside it
 (none: the extractor does not show them by default, see ``DspyExtractor(show_known=)``)
-and the gold answer: one ``sentence | subject | slot | value [| date]`` line per fact. The pool covers what the model must learn to copy: a
-first message with several facts and specifics, chit-chat with no facts, a move with no
+and the gold answer: one ``sentence | subject | slot | value [| date]`` line per fact.
+The pool covers what the model must learn to copy: a first message with several facts and
+specifics, chit-chat with no facts, a move with no
 cue word, a change of drink, a Portuguese message about a brother, a correction, late
 news about the past, and a German message with numbers. The demos' people and places are
 not those of the labeled validation and test sets.

@@ -26,8 +26,9 @@ Prefix reuse: llama.cpp keeps the KV cache of the previous prompt and only evalu
 new suffix. Programs with different static prefixes (instructions and demos) would evict
 each other's cache, so the in-process engine keeps up to ``slots`` contexts, one per system
 prompt, over the same memory-mapped weights (the extract program alone needs one; the
-cached share per call is in ``benchmarks/results/extraction.md``). Across processes, the KV state of each prompt's static prefix
-(instructions and demos: everything before the final user message) is kept on disk in
+cached share per call is in ``benchmarks/results/extraction.md``). Across processes, the
+KV state of each prompt's static prefix (instructions and demos: everything before the
+final user message) is kept on disk in
 ``kv_cache_dir`` (:class:`engine.llamagen.PrefixStore`), so a new process's first call
 loads it instead of evaluating it again.
 

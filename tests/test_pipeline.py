@@ -160,7 +160,7 @@ def test_a_close_sentence_with_other_numbers_is_no_paraphrase(make_memory, minil
         "DUPLICATE"]
 
 
-def test_a_slot_named_differently_still_replaces_a_close_single_valued_fact(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
+def test_a_slot_named_differently_still_replaces_a_close_fact(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
     extractor = ScriptedExtractor(
         {"a": [fact("User sleeps 6 hours per night", "bedtime", "6 hours"),
                fact("User lives in Toulouse", "home city", "Toulouse")],
