@@ -184,7 +184,9 @@ def _specifics(text: str) -> set[str]:
 
 
 def _is_count(value: str | None) -> bool:
-    return bool(value) and bool(_NUMBER.fullmatch(normalise_value(value or "").split()[0]))
+    """Whether a value starts with a number ("3", "3 kids"): a count, one at a time."""
+    words = normalise_value(value or "").split()
+    return bool(words) and bool(_NUMBER.fullmatch(words[0]))
 
 
 def _corrects(target_since: datetime, fact: ExtractedFact, message: PendingMessage) -> bool:

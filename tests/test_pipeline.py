@@ -149,6 +149,14 @@ def test_a_new_count_replaces_the_old_one_even_in_a_multi_valued_slot(make_memor
     assert [(e.kind, e.old_text) for e in result.events] == [("SUPERSEDE", "User has 2 kids")]
 
 
+def test_values_made_only_of_articles_are_no_count(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor({"a": [fact("User likes the sea", "likes", "the")],
+                                   "b": [fact("User likes a good book", "likes", "a")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    memory.add("a", user_id="u")
+    assert [e.kind for e in memory.add("b", user_id="u").events] == ["ADD"]
+
+
 def test_a_close_sentence_with_other_numbers_is_no_paraphrase(make_memory, minilm) -> None:  # type: ignore[no-untyped-def]
     extractor = ScriptedExtractor(
         {"a": [fact("User runs 5 km every morning")], "b": [fact("User runs 8 km every morning")],
