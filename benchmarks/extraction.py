@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import scenarios as scenario_suite
-from benchmarks.common import RESULTS_DIR, write_results
+from benchmarks.common import RESULTS_DIR, cpu_model, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "extraction_cases_v2.jsonl"
@@ -385,18 +385,6 @@ def _markdown(rows: list[dict[str, Any]], command: str, config: dict[str, Any]) 
     return "\n".join(lines) + "\n"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks extraction",
                                      description=__doc__.split("\n\n")[0])
@@ -427,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {PARTS}")
     command = "python -m benchmarks extraction " + " ".join(argv or sys.argv[1:])
-    config = {**vars(args), "command": command, "cpu": _cpu_name(),
+    config = {**vars(args), "command": command, "cpu": cpu_model(),
               "load": list(os.getloadavg())}
     matcher = Matcher() if "extract" in parts else None
     by_id = {c["id"]: c for c in cases}

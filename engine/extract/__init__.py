@@ -71,6 +71,12 @@ class Extractor(Protocol):
         """A name for the model and program, recorded as the actor of its events."""
         ...
 
+    @property
+    def show_known(self) -> bool:
+        """Whether ``extract`` shows the known facts to its model (the pipeline looks
+        them up only then)."""
+        ...
+
     def extract(self, turns: list[Turn], known: Sequence[KnownFact] = ()) -> list[ExtractedFact]:
         """Standalone facts stated in ``turns`` (empty for chit-chat), given the stored
         facts ``known`` that the turns may repeat, change or correct."""

@@ -34,7 +34,12 @@ from engine.errors import EngineError, ExtractionError, ModelError
 from engine.extract import ExtractedFact, KnownFact, Turn
 from engine.extract.dates import date_hints, stated_date
 from engine.extract.salience import worth_extracting
-from engine.extract.slots import category_of, normalise_attribute, normalise_subject
+from engine.extract.slots import (
+    category_of,
+    normalise_attribute,
+    normalise_subject,
+    specifics,
+)
 
 if TYPE_CHECKING:
     import dspy
@@ -185,16 +190,13 @@ def _fact_from_line(line: str, user_names: set[str], observed: date) -> Extracte
                          value=value if value.casefold() not in _EMPTY else None)
 
 
-_SPECIFIC = re.compile(r"\d+(?:[.,:/]\d+)*|\b[A-ZÀ-Þ][\w'-]*")
-
-
 def _grounded(fact: ExtractedFact, said: str) -> bool:
     """Whether the names and numbers of the fact's value appear in the message (casefolded;
     a name by its first five letters, so "PostgreSQL" is found in "Postgres"): the model
     is told to copy them as written, so one that is not there was invented (a small model
     repeating its few-shot demos, say)."""
     return all((token if token[0].isdigit() else token[:5]).casefold() in said
-               for token in _SPECIFIC.findall(fact.value or ""))
+               for token in specifics(fact.value or ""))
 
 
 def _facts_from(items: Any, user_names: set[str], observed: date) -> list[ExtractedFact]:

@@ -28,6 +28,7 @@ class ScriptedExtractor:
     """
 
     identity = "scripted"
+    show_known = True  # it records what it was shown
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "VOCABULARY",
     "same_item",
+    "specifics",
     "Slot",
     "category_of",
     "is_multi_valued",
@@ -169,6 +170,14 @@ def same_subject(a: str, b: str) -> bool:
 def normalise_value(value: str) -> str:
     """A value reduced for comparison: case, punctuation and articles ignored."""
     return " ".join(w for w in _words(value) if w not in _VALUE_DROP)
+
+
+_SPECIFIC = re.compile(r"\d+(?:[.,:/]\d+)*|\b[A-ZÀ-Þ][\w'-]*")
+
+
+def specifics(text: str) -> list[str]:
+    """The numbers and capitalised words of ``text``: what must survive as written."""
+    return _SPECIFIC.findall(text)
 
 
 def same_item(old: str, new: str) -> bool:
