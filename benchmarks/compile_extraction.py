@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.lm import import_dspy
 
     dspy = import_dspy()
+    if not Path(args.demos).is_file():
+        parser.error(f"no demo pool at {args.demos} (JSON Lines, as in {DEMOS})")
     pool = demo_examples(Path(args.demos))
     program = signatures().FactProgram()
     compiled = dspy.LabeledFewShot(k=args.k).compile(program.extract, trainset=pool,

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import scenarios as scenario_suite
-from benchmarks.common import RESULTS_DIR, cpu_model, write_results
+from benchmarks.common import RESULTS_DIR, cpu_model, progress, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "extraction_cases_v2.jsonl"
@@ -103,7 +103,7 @@ def run_worker(model: str, cases: list[dict[str, Any]], threads: int | None,
     out: dict[str, Any] = {"model": model, "identity": extractor.identity, "load_s": load_s,
                            "n_threads": extractor.engine.n_threads, "extract": [],
                            "timed_out": False}
-    for case in cases:
+    for case in progress(cases, f"extract ({model})"):
         if time.perf_counter() - started > budget_s:
             out["timed_out"] = True
             break
@@ -251,12 +251,12 @@ def _subprocess(cmd: list[str], timeout: float) -> tuple[int, str]:
            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            # a baseline checkout has no model cache of its own: share this one
            "MEMENGINE_MODELS_DIR": str(model_cache_dir())}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=ROOT)
+    try:  # stderr goes to the terminal: the workers' progress bars and errors
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout,
+                              env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return 124, f"killed after {timeout:.0f} s"
-    return proc.returncode, proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout or "(see the error above)"
 
 
 def _scenarios(engine_path: Path, model: str, out: Path, args: argparse.Namespace,
@@ -271,9 +271,16 @@ def _scenarios(engine_path: Path, model: str, out: Path, args: argparse.Namespac
 
 
 def _baseline_checkout(rev: str) -> Path:
+    """A temporary git worktree of ``rev``; SystemExit with what to do when git can't."""
     where = Path(tempfile.mkdtemp(prefix="memengine-baseline-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT,
-                   check=True, capture_output=True)
+    done = subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(where, ignore_errors=True)
+        raise SystemExit(
+            f"cannot check out the baseline {rev!r} ({done.stderr.strip() or 'git failed'}): "
+            "run from a git clone that has that commit, pass --baseline REV, or leave the "
+            "baseline out with --parts extract,scenarios")
     return where
 
 

@@ -151,7 +151,12 @@ def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: An
     stats = _stats_of(extractor)
     out: dict[str, Any] = {"scenarios": [], "not_run": [], "timed_out": False,
                            "first_add_s": None}
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(scenarios), desc="scenarios", unit="scenario", leave=False,
+               file=sys.stderr, disable=bool(os.environ.get("MEMENGINE_BENCH_QUIET")))
     for n, scenario in enumerate(scenarios):
+        bar.update(int(n > 0))
         if budget_s is not None and clock() - started > budget_s:
             out["timed_out"] = True
             out["not_run"] = [s["id"] for s in scenarios[n:]]
@@ -203,6 +208,7 @@ def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: An
         if out["timed_out"]:
             out["not_run"] = [s["id"] for s in scenarios[n + 1:]]
             break
+    bar.close()
     return out
 
 
