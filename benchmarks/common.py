@@ -229,7 +229,7 @@ def default_embedder_spec() -> str:
     if explicit:
         return explicit
     try:
-        from engine import models
+        from engine.backends import models
 
         if models.is_installed("minilm"):
             return "minilm"

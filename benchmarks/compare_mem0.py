@@ -73,7 +73,7 @@ def _model_folder(spec: str) -> str:
         return str(Path(spec).resolve())
     if spec.startswith("hashing"):
         return spec  # no folder: only this engine can run it (tests use --skip-mem0)
-    from engine import models
+    from engine.backends import models
 
     return str(models.resolve_model_path(spec, "sentence-transformers"))
 

@@ -33,9 +33,9 @@ DEMOS = _ROOT / "benchmarks" / "data" / "extraction_demos.jsonl"
 
 def demo_examples(path: Path = DEMOS) -> list[Any]:
     """The demo pool as ``dspy.Example`` objects with the extractor's input formatting."""
+    from engine.backends.lm import import_dspy
     from engine.extract import KnownFact, Turn
     from engine.extract.programs import format_conversation, format_known
-    from engine.lm import import_dspy
 
     dspy = import_dspy()
     examples = []
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: engine/extract/compiled/default.json")
     args = parser.parse_args(argv)
 
+    from engine.backends.lm import import_dspy
     from engine.extract.programs import COMPILED_DIR, signatures
-    from engine.lm import import_dspy
 
     dspy = import_dspy()
     if not Path(args.demos).is_file():

@@ -140,7 +140,7 @@ class Matcher:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        from engine.models import resolve_model_path
+        from engine.backends.models import resolve_model_path
 
         path = resolve_model_path("minilm", "sentence-transformers")
         self.model = SentenceTransformer(str(path), device="cpu")
@@ -245,7 +245,7 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
 
 
 def _subprocess(cmd: list[str], timeout: float) -> tuple[int, str]:
-    from engine.models import model_cache_dir
+    from engine.backends.models import model_cache_dir
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     try:
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-            from engine import models as m
+            from engine.backends import models as m
 
             if model in m.load_manifest() and not m.is_installed(model):
                 rows.append({"model": model, "skipped": "not installed"})

@@ -295,7 +295,7 @@ def run_synthetic(n: int, dim: int = 384, queries: int = 200) -> dict[str, Any]:
     import hnswlib
     import numpy as np
 
-    from engine.index import HnswParams
+    from engine.retrieval.index import HnswParams
 
     params = HnswParams()
     data = synthetic_vectors(n, dim, seed=1)
@@ -331,7 +331,7 @@ def run_synthetic(n: int, dim: int = 384, queries: int = 200) -> dict[str, Any]:
 
 
 def _embedder(spec: str, device: str, backend: str) -> Any:
-    from engine.embed import load_embedder
+    from engine.backends.embed import load_embedder
 
     embedder = load_embedder(spec, device=device, backend=backend)
     embedder.embed(["warm up the model"])

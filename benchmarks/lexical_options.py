@@ -5,7 +5,7 @@ up to each size; queries are LoCoMo questions. For each option: the cost of buil
 the index, of making one newly inserted document searchable (a memory engine writes
 after almost every message), and the p50/p95 of a top-50 query.
 
-* ``engine``: :class:`engine.lexical.LexicalIndex` (in-memory postings, incremental);
+* ``engine``: :class:`engine.retrieval.lexical.LexicalIndex` (in-memory postings, incremental);
 * ``duckdb_fts``: the ``fts`` extension from ``duckdb-extension-fts``; its index is not
   incremental, so "insert" = ``INSERT`` + ``PRAGMA create_fts_index(..., overwrite=1)``;
 * ``sql_bm25``: BM25 computed by SQL over a ``(doc, term, tf)`` table kept up to date;
@@ -57,7 +57,7 @@ def _time_queries(search: Callable[[str], object], queries: Sequence[str]) -> di
 
 
 def _engine(docs: list[str], queries: list[str], inserts: int) -> dict[str, Any]:
-    from engine.lexical import LexicalIndex
+    from engine.retrieval.lexical import LexicalIndex
 
     generation = [1]
     index = LexicalIndex(load_documents=lambda u: list(enumerate(docs)),
@@ -106,7 +106,7 @@ def _duckdb_fts(docs: list[str], queries: list[str], inserts: int) -> dict[str, 
 def _sql_bm25(docs: list[str], queries: list[str], inserts: int) -> dict[str, Any]:
     import duckdb
 
-    from engine.lexical import tokenize
+    from engine.retrieval.lexical import tokenize
 
     con = duckdb.connect()
     con.execute("CREATE TABLE terms (doc BIGINT, term VARCHAR, tf INTEGER)")
@@ -156,7 +156,7 @@ def _sql_bm25(docs: list[str], queries: list[str], inserts: int) -> dict[str, An
 def _bm25s(docs: list[str], queries: list[str], inserts: int) -> dict[str, Any]:
     import bm25s
 
-    from engine.lexical import tokenize
+    from engine.retrieval.lexical import tokenize
 
     def build(corpus: list[str]) -> Any:
         retriever = bm25s.BM25()

@@ -197,7 +197,7 @@ def evaluate(memory: Any, conversations: list[Conversation], dia_of: dict[int, s
              ) -> dict[str, dict[str, Any]]:
     """Metrics per mode and split (``ingested``: only questions whose evidence turns
     are all among these dia_ids)."""
-    from engine.search import SearchRequest
+    from engine.retrieval.search import SearchRequest
 
     per_mode: dict[str, dict[str, list[tuple[int, list[int], int]]]] = {
         m: {"tune": [], "held_out": [], "all": []} for m in modes}
@@ -223,7 +223,7 @@ def evaluate(memory: Any, conversations: list[Conversation], dia_of: dict[int, s
 def tune(memory: Any, conversations: list[Conversation], dia_of: dict[int, set[str]]
          ) -> list[dict[str, Any]]:
     """Recall@10 on the tuning split for a small grid around the chosen weights."""
-    from engine.fusion import HYBRID
+    from engine.retrieval.fusion import HYBRID
 
     tuning = [c for c in conversations if c.sample in TUNE]
     original = memory.searcher.weights
@@ -270,9 +270,9 @@ def latency(conversations: list[Conversation], spec: str, sizes: Sequence[int],
     """End-to-end search latency per mode at each store size (one user)."""
     import numpy as np
 
-    from engine.embed import load_embedder
+    from engine.backends.embed import load_embedder
     from engine.memory import Memory
-    from engine.search import SearchRequest
+    from engine.retrieval.search import SearchRequest
 
     real = load_embedder(spec, device="cpu")
     turns = [(date, f"{t['speaker']}: {t['text']}") for c in conversations
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {"data": str(args.data), "embedder": spec, "tune_split": list(TUNE),
               "held_out_split": [c.sample for c in conversations if c.sample not in TUNE],
               "modes": {"lexical": "BM25 alone", "vector": "hnswlib MiniLM alone",
-                        "hybrid": "engine default (engine.fusion.HYBRID)"}}
+                        "hybrid": "engine default (engine.retrieval.fusion.HYBRID)"}}
     path = write_results("locomo", config, results)
     _plot(results, "locomo")
     for split in ("held_out", "all"):

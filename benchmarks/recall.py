@@ -3,7 +3,7 @@
 For each dataset (real MiniLM embeddings of generated facts, queried with the generated
 questions; and clustered synthetic unit vectors) and each M, one hnswlib index is built
 exactly as the engine builds it (inner product, ``ef_construction`` from
-:class:`engine.index.HnswParams`); then for each ef the single-query latency (as the
+:class:`engine.retrieval.index.HnswParams`); then for each ef the single-query latency (as the
 engine calls it: one ``knn_query`` per search) and recall@10 against brute force are
 measured. The chosen defaults are the fastest (M, ef) whose recall@10 is at least
 ``--target`` on every dataset; the engine's current defaults are reported beside them.
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def real_dataset(n: int, queries: int, spec: str) -> tuple[Any, Any]:
     """MiniLM vectors of ``n`` generated facts and of ``queries`` questions about them."""
-    from engine.embed import load_embedder
+    from engine.backends.embed import load_embedder
 
     embedder = load_embedder(spec, device="cpu")
     facts, qs = factgen.generate(n, queries, seed=42)
@@ -66,7 +66,7 @@ def sweep(data: Any, probes: Any, ms: list[int], efs: list[int], label: str,
     import hnswlib
     import numpy as np
 
-    from engine.index import HnswParams
+    from engine.retrieval.index import HnswParams
 
     efc = HnswParams().ef_construction
     truth = exact_top_k(data, probes, k)
@@ -115,7 +115,7 @@ def choose_defaults(rows: list[dict[str, Any]], target: float) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.index import HnswParams
+    from engine.retrieval.index import HnswParams
 
     if args.quick:
         args.real, args.synthetic, args.queries = 5_000, 20_000, 200

@@ -27,7 +27,7 @@ from engine.errors import (
 from engine.types import AddResult, Event, Fact, Message, SearchHit
 
 if TYPE_CHECKING:
-    from engine.embed import HashingEmbedder, SentenceTransformerEmbedder
+    from engine.backends.embed import HashingEmbedder, SentenceTransformerEmbedder
     from engine.memory import Memory
 
 __version__ = "0.1.0"
@@ -60,8 +60,8 @@ __all__ = [
 
 _LAZY = {
     "Memory": "engine.memory",
-    "HashingEmbedder": "engine.embed",
-    "SentenceTransformerEmbedder": "engine.embed",
+    "HashingEmbedder": "engine.backends.embed",
+    "SentenceTransformerEmbedder": "engine.backends.embed",
 }
 
 

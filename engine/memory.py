@@ -2,7 +2,7 @@
 
 It validates input, then drives the store (DuckDB, the source of truth), the
 embedder and the indexes (caches of current facts) so that they stay in step.
-Every change is one unit of work (:meth:`engine.store.Store.write`): fact
+Every change is one unit of work (:meth:`engine.storage.store.Store.write`): fact
 versions, audit events and a bump of the user's index generation in one
 transaction; the vector and lexical indexes are told after the commit.
 
@@ -27,16 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from engine import config
-from engine.embed import Embedder, load_embedder
+from engine.backends.embed import Embedder, load_embedder
 from engine.errors import EngineError, InvalidInputError, ModelError
 from engine.extract import Extractor
-from engine.filters import compile_filters, validate_filters
-from engine.index import HnswParams, VectorIndex
-from engine.maintain import Decision, apply_decisions
-from engine.pipeline import PendingMessage, decide
-from engine.records import EVENT_COLUMNS, event_from_row, fact_from_row
-from engine.search import Searcher, SearchRequest, as_user_query, valid_at_sql
-from engine.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
+from engine.ingest.maintain import Decision, apply_decisions
+from engine.ingest.pipeline import PendingMessage, decide
+from engine.ingest.worker import BackgroundWorker
+from engine.retrieval.filters import compile_filters, validate_filters
+from engine.retrieval.index import HnswParams, VectorIndex
+from engine.retrieval.search import Searcher, SearchRequest, as_user_query, valid_at_sql
+from engine.storage.records import EVENT_COLUMNS, event_from_row, fact_from_row
+from engine.storage.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
+from engine.storage.writes import IndexChange
 from engine.timeutil import TimeLike, now_utc, to_storage
 from engine.types import AddResult, Event, Fact, SearchHit
 from engine.validate import (
@@ -49,8 +51,6 @@ from engine.validate import (
     check_text,
     normalise_messages,
 )
-from engine.worker import BackgroundWorker
-from engine.writes import IndexChange
 
 __all__ = ["Memory"]
 
@@ -66,7 +66,7 @@ class Memory:
     ``path`` is a DuckDB file (created if missing; default from
     :func:`engine.config.default_db_path`) or ``":memory:"``. ``embedder`` is a
     model name from the manifest, a sentence-transformers folder, ``"hashing"``
-    or an :class:`~engine.embed.Embedder` instance (default: the bundled MiniLM).
+    or an :class:`~engine.backends.embed.Embedder` instance (default: the bundled MiniLM).
     ``actor`` is recorded on every event this object writes.
 
     ``extractor`` turns messages into facts when ``add`` infers: an
@@ -546,7 +546,7 @@ class Memory:
         ``as_of`` searches the facts that were true at that time instead of the
         current ones; ``explain=True`` adds each signal's score to every hit. The
         user's own id in the query ("Maria" for user "maria") is read as "User", the
-        name extracted facts give the speaker (:func:`engine.search.as_user_query`).
+        name extracted facts give the speaker (:func:`engine.retrieval.search.as_user_query`).
         """
         query = check_text(query, "query")
         user, agent, run = check_scope(user_id, agent_id, run_id)
@@ -568,7 +568,7 @@ class Memory:
         self, path: str | Path, *, user_id: str | None = None, embeddings: bool = True
     ) -> dict[str, int]:
         """Write the store (or one user) to a JSON Lines file, history included."""
-        from engine.exchange import export_jsonl
+        from engine.storage.exchange import export_jsonl
 
         if user_id is not None:
             user_id = check_scope(user_id)[0]
@@ -578,7 +578,7 @@ class Memory:
         self, path: str | Path, *, progress: Callable[[int], None] | None = None
     ) -> dict[str, int]:
         """Load a JSON Lines export (ids are remapped; facts re-embedded if needed)."""
-        from engine.exchange import import_jsonl
+        from engine.storage.exchange import import_jsonl
 
         return import_jsonl(self, path, progress=progress)
 
@@ -626,5 +626,5 @@ class Memory:
 
 
 def _scope(fact: Fact) -> dict[str, Any]:
-    """A fact's scope, as :meth:`engine.writes.WriteTx.event` takes it."""
+    """A fact's scope, as :meth:`engine.storage.writes.WriteTx.event` takes it."""
     return {"user_id": fact.user_id, "agent_id": fact.agent_id, "run_id": fact.run_id}

@@ -141,7 +141,7 @@ import time
 
 import llama_cpp
 
-from engine.models import default_model, resolve_model_path
+from engine.backends.models import default_model, resolve_model_path
 
 t = time.perf_counter()
 lm = default_model("lm")

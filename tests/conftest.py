@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from engine.embed import HashingEmbedder
+from engine.backends.embed import HashingEmbedder
 from engine.memory import Memory
 
 
@@ -51,7 +51,7 @@ def require_gguf(name: str) -> Path:
     ``MEMENGINE_REQUIRE_MODELS=1``) when it or llama.cpp is missing."""
     import importlib.util
 
-    from engine import models
+    from engine.backends import models
 
     reason = None
     if importlib.util.find_spec("llama_cpp") is None:
@@ -68,7 +68,7 @@ def require_gguf(name: str) -> Path:
 def minilm_path() -> Path | None:
     """The installed MiniLM folder, or None when the model is not installed."""
     try:
-        from engine import models
+        from engine.backends import models
 
         return models.resolve_model_path("minilm", "sentence-transformers")
     except Exception:
@@ -84,6 +84,6 @@ def minilm() -> object:
         if os.environ.get("MEMENGINE_REQUIRE_MODELS") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    from engine.embed import SentenceTransformerEmbedder
+    from engine.backends.embed import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(path, name="minilm", device="cpu")

@@ -117,7 +117,7 @@ def test_delete_and_purge(run) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.model
 def test_add_extracts_by_default_with_the_local_lm(tmp_path: Path) -> None:
     """`memengine add` runs the LM (here the small test model) and prints what changed."""
-    from engine import models
+    from engine.backends import models
 
     if not models.is_installed("smollm2-135m"):
         message = "smollm2-135m is not installed: run `make install`"

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import ImportFormatError, InvalidInputError, Memory
-from engine.embed import HashingEmbedder
+from engine.backends.embed import HashingEmbedder
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
                 min_size=1, max_size=40).filter(lambda t: t.strip())

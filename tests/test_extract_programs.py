@@ -176,7 +176,7 @@ def test_lm_failure_becomes_extraction_error() -> None:
 def test_compiled_program_is_loaded_and_named(tmp_path: Path) -> None:
     program_file = tmp_path / "tiny.json"
     extractor = DspyExtractor(engine=CannedEngine([_facts()]), program=False)
-    from engine.lm import import_dspy
+    from engine.backends.lm import import_dspy
 
     dspy = import_dspy()
     extractor.program.extract.demos = [dspy.Example(
@@ -233,7 +233,7 @@ def test_date_hints_give_both_readings_when_the_tense_decides() -> None:
 def _smollm2() -> str:
     import importlib.util
 
-    from engine import models
+    from engine.backends import models
 
     if importlib.util.find_spec("llama_cpp") is None or not models.is_installed("smollm2-135m"):
         message = "smollm2-135m or llama_cpp is not installed (make install)"

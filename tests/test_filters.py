@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidInputError
-from engine.filters import compile_filters, matches, validate_filters
+from engine.retrieval.filters import compile_filters, matches, validate_filters
 
 values = st.one_of(
     st.integers(-5, 5), st.sampled_from(["a", "b", "ab", "10", "x y"]), st.booleans(),

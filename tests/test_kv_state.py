@@ -1,4 +1,4 @@
-"""Prompt-prefix KV states saved to disk (engine.llamagen.PrefixStore via LlamaCppEngine).
+"""Prompt-prefix KV states saved to disk (engine.backends.llamagen.PrefixStore via LlamaCppEngine).
 
 A second engine on the same ``kv_cache_dir`` stands for a restarted process: its first
 call must load the static prefix (system prompt and demos) instead of evaluating it, and
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from conftest import require_gguf
 
-from engine.lm import LlamaCppEngine, import_dspy, resolve_kv_dir
+from engine.backends.lm import LlamaCppEngine, import_dspy, resolve_kv_dir
 
 dspy = import_dspy()
 from dspy.lm15 import Config, Message, Request, TextPart  # noqa: E402
 
-from engine.llamagen import PrefixStore  # noqa: E402
+from engine.backends.llamagen import PrefixStore  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}},
           "required": ["answer"]}
@@ -107,7 +107,7 @@ def test_a_corrupt_state_file_is_ignored_and_rewritten(
     path.write_bytes(bytes(data))
     engine = _engine(smollm2, kv_dir)
     try:
-        with caplog.at_level(logging.WARNING, logger="engine.llamagen"):
+        with caplog.at_level(logging.WARNING, logger="engine.backends.llamagen"):
             assert _ask(engine) == text
         assert "checksum mismatch" in caplog.text
         assert engine.stats.kv_state_loads == 0
@@ -176,7 +176,7 @@ def test_disabled_kv_cache_writes_nothing(smollm2: Path, tmp_path: Path,
 
 def test_kv_dir_defaults_to_the_model_cache_and_the_env_overrides(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.models import model_cache_dir
+    from engine.backends.models import model_cache_dir
 
     monkeypatch.delenv("MEMENGINE_KV_DIR", raising=False)
     assert resolve_kv_dir() == model_cache_dir() / "kv"

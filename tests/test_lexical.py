@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.lexical import LexicalIndex, LexicalScores, stem, tokenize
 from engine.memory import Memory
-from engine.search import SearchRequest
+from engine.retrieval.lexical import LexicalIndex, LexicalScores, stem, tokenize
+from engine.retrieval.search import SearchRequest
 
 
 def test_tokenize_drops_stopwords_and_stems() -> None:

@@ -10,7 +10,7 @@ import importlib.util
 
 import pytest
 
-from engine import models as m
+from engine.backends import models as m
 
 pytestmark = pytest.mark.model
 

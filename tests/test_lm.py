@@ -1,4 +1,4 @@
-"""engine.lm: llama.cpp as a DSPy 3.4 engine (in-process and server), errors, laziness.
+"""engine.backends.lm: llama.cpp as a DSPy 3.4 engine (in-process and server), errors, laziness.
 
 Real-model tests load the small SmolLM2 GGUF (marked ``model``; skipped when it is not
 installed unless MEMENGINE_REQUIRE_MODELS=1). The server engine is tested against a
@@ -20,8 +20,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import require_gguf
 
+from engine.backends.lm import (
+    LlamaCppEngine,
+    LlamaServerEngine,
+    import_dspy,
+    make_lm,
+    schema_adapter,
+)
 from engine.errors import ModelError
-from engine.lm import LlamaCppEngine, LlamaServerEngine, import_dspy, make_lm, schema_adapter
 
 dspy = import_dspy()
 from dspy.lm15 import Config, Message, Request  # noqa: E402
@@ -125,7 +131,7 @@ def test_llama_cpp_not_installed_gives_model_error(tmp_path: Path,
 
 
 def test_importing_engine_modules_loads_neither_dspy_nor_llama_cpp() -> None:
-    code = ("import sys, engine, engine.lm, engine.extract.programs, engine.cli.lm_cmd; "
+    code = ("import sys, engine, engine.backends.lm, engine.extract.programs, engine.cli.lm_cmd; "
             "print(sorted(m for m in ('dspy', 'llama_cpp', 'litellm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import models as m
+from engine.backends import models as m
 from engine.errors import ChecksumMismatchError, ModelError, ModelNotInstalledError
 
 REQUIRED = ("name", "kind", "role", "packages", "parts", "output", "sha256", "licence", "size")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.embed import SentenceTransformerEmbedder
-from engine.onnx_encoder import UnsupportedModelError, _pipeline
+from engine.backends.embed import SentenceTransformerEmbedder
+from engine.backends.onnx_encoder import UnsupportedModelError, _pipeline
 
 pytestmark = pytest.mark.model
 

@@ -1,6 +1,6 @@
 """The add pipeline with inference, using the shipped ScriptedExtractor as the LM
 back-end: the real store, index, rules and worker run; only the LM is scripted.
-Changes are decided by code from the facts' slots (engine/pipeline.py), never by an
+Changes are decided by code from the facts' slots (engine/ingest/pipeline.py), never by an
 English cue word. The same story with a real GGUF lives in test_story_real_model.py."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine import EmbedderMismatchError, Memory
-from engine.embed import HashingEmbedder, load_embedder
+from engine.backends.embed import HashingEmbedder, load_embedder
 
 pytestmark = pytest.mark.model
 

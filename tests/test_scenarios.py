@@ -20,7 +20,7 @@ from benchmarks.scenarios import (
     problems,
     summarise,
 )
-from engine.embed import HashingEmbedder
+from engine.backends.embed import HashingEmbedder
 from engine.memory import Memory
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from engine.errors import InvalidInputError
-from engine.fusion import HYBRID, mentions_time, query_features
 from engine.memory import Memory
-from engine.search import SearchRequest
+from engine.retrieval.fusion import HYBRID, mentions_time, query_features
+from engine.retrieval.search import SearchRequest
 
 SESSION = "2023-05-08T13:56:00"
 
@@ -167,7 +167,7 @@ def test_single_signal_modes_and_bad_mode(chat: tuple[Memory, dict[str, int]]) -
 
 
 def test_the_users_own_name_in_a_query_reads_as_user() -> None:
-    from engine.search import as_user_query
+    from engine.retrieval.search import as_user_query
 
     assert as_user_query("what does Maria drink?", "maria") == "what does User drink?"
     assert as_user_query("Maria's sister?", "maria") == "User's sister?"

@@ -13,11 +13,11 @@ import duckdb
 from click.testing import CliRunner
 
 from engine import Memory
+from engine.backends.embed import HashingEmbedder
 from engine.cli import cli
-from engine.embed import HashingEmbedder
-from engine.maintain import Decision, Ref
-from engine.schema import SCHEMA_VERSION, migrations
-from engine.store import NewFact
+from engine.ingest.maintain import Decision, Ref
+from engine.storage.schema import SCHEMA_VERSION, migrations
+from engine.storage.store import NewFact
 from engine.timeutil import now_utc
 
 MAY1 = datetime(2026, 5, 1)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from engine import EmbedderMismatchError, Memory, StoreError, StoreLockedError
-from engine.embed import HashingEmbedder
-from engine.index import IndexRebuiltWarning, user_key
+from engine.backends.embed import HashingEmbedder
+from engine.retrieval.index import IndexRebuiltWarning, user_key
 
 
 def index_files(db_path: Path, user: str) -> tuple[Path, Path]:

@@ -28,7 +28,7 @@ LATER = ("Actually I've stopped drinking coffee, I prefer green tea these days. 
 
 @pytest.fixture(scope="module")
 def extractor():  # type: ignore[no-untyped-def]
-    from engine import models
+    from engine.backends import models
 
     spec = models.default_model("lm")
     if not models.is_installed(spec.name):

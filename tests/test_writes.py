@@ -9,9 +9,9 @@ from datetime import datetime
 import pytest
 
 from engine import Memory
-from engine.maintain import Decision, Ref, apply_decisions
-from engine.store import NewFact
-from engine.writes import IndexChange
+from engine.ingest.maintain import Decision, Ref, apply_decisions
+from engine.storage.store import NewFact
+from engine.storage.writes import IndexChange
 
 
 def _fact(text: str, user: str = "u") -> NewFact:

@@ -426,7 +426,7 @@ def demo(ctx: click.Context, keep: bool) -> None:
 
     Takes a minute or two on a laptop CPU: the LM loads, then extracts two messages.
     """
-    from engine.demo import run_demo
+    from engine.cli.demo import run_demo
 
     options = ctx.find_root().params
     path = Path(options.get("db") or "data/demo.duckdb")

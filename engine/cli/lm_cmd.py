@@ -46,8 +46,8 @@ def serve_lm(model: str | None, port: int, n_ctx: int, n_threads: int | None,
              print_command: bool) -> None:
     """Serve a GGUF (a manifest name or a path; default: the default LM) over an
     OpenAI-compatible HTTP API on 127.0.0.1 only. Stop it with Ctrl-C."""
-    from engine import models
-    from engine.lm import check_gguf, default_threads
+    from engine.backends import models
+    from engine.backends.lm import check_gguf, default_threads
 
     try:
         name = model or models.default_model("lm").name

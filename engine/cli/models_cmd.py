@@ -14,7 +14,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from engine import models as m
+from engine.backends import models as m
 from engine.errors import EngineError
 
 __all__ = ["models"]

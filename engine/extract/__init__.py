@@ -8,7 +8,7 @@ transport) so applications can test their own code without a model.
 
 One LM call per turn: the extractor sees the user's stored facts that are close to the
 message (:class:`KnownFact`: their text and slot, never their ids), so it reuses their slot
-names. Code, not the LM, decides and applies every change (:mod:`engine.pipeline`,
+names. Code, not the LM, decides and applies every change (:mod:`engine.ingest.pipeline`,
 :mod:`engine.extract.slots`).
 """
 

@@ -2,7 +2,7 @@
 
 One typed Signature (DSPy style: the docstring is the instruction, fields are typed):
 :class:`~engine.extract.signatures.ExtractMemories`. :class:`DspyExtractor` runs it with
-DSPy's ``JSONAdapter`` through :class:`engine.lm.LlamaCppEngine` (or any engine), so the
+DSPy's ``JSONAdapter`` through :class:`engine.backends.lm.LlamaCppEngine` (or any engine), so the
 output is constrained by a JSON schema built from the output fields; it then validates
 what comes back (slot names normalised, aliases checked, dates parsed), retries a bounded
 number of times, and raises :class:`~engine.errors.ExtractionError` when the model still
@@ -63,7 +63,7 @@ _MAX_FACTS = 8
 def signatures() -> Any:
     """The module of DSPy classes (``ExtractMemories``, ``FactProgram``),
     imported on first use because it imports DSPy."""
-    from engine.lm import import_dspy
+    from engine.backends.lm import import_dspy
 
     import_dspy()
     from engine.extract import signatures as module
@@ -234,7 +234,7 @@ class DspyExtractor:
 
     ``model`` is a manifest name or a GGUF path (None: the manifest's default LM); the
     GGUF loads on first use. Tests and servers can instead pass ``lm`` (a ``dspy.LM``) or
-    ``engine`` (any DSPy engine object, e.g. :class:`engine.lm.LlamaServerEngine`).
+    ``engine`` (any DSPy engine object, e.g. :class:`engine.backends.lm.LlamaServerEngine`).
     ``program`` is a compiled program JSON: None loads ``compiled/<model name>.json`` (or
     ``compiled/default.json``), False uses the zero-shot program. A failed or invalid
     answer is retried ``retries`` times (at a small temperature), then
@@ -275,20 +275,20 @@ class DspyExtractor:
         self.program_tag = "zero-shot"
         if program is not False:
             self.load_program(program)
-        from engine.lm import schema_adapter
+        from engine.backends.lm import schema_adapter
 
         self._adapter = schema_adapter()
 
     def _build_lm(self, model: str | Path | None, n_threads: int | None, n_ctx: int,
                   lm: Any, engine: Any) -> tuple[str, Any, Any]:
-        from engine.lm import LlamaCppEngine, make_lm
+        from engine.backends.lm import LlamaCppEngine, make_lm
 
         if lm is not None:
             return str(getattr(lm, "model", "lm")).split("/")[-1], lm, getattr(lm, "engine", None)
         if engine is not None:
             return str(getattr(engine, "name", "engine")), make_lm(
                 engine, max_tokens=self.max_tokens), engine
-        from engine import models
+        from engine.backends import models
 
         if model is None:
             model = models.default_model("lm").name
@@ -299,12 +299,12 @@ class DspyExtractor:
 
     @staticmethod
     def _resolve(model: str | Path) -> tuple[Path, str]:
-        from engine import models
+        from engine.backends import models
 
         text = str(model)
         looks_like_path = isinstance(model, Path) or text.endswith(".gguf") or "/" in text
         if looks_like_path:
-            from engine.lm import check_gguf
+            from engine.backends.lm import check_gguf
 
             path = check_gguf(text)
             return path, path.stem
@@ -355,7 +355,7 @@ class DspyExtractor:
         """Run ``predictor`` and ``parse`` its prediction, retrying invalid answers."""
         from pydantic import ValidationError
 
-        from engine.lm import import_dspy
+        from engine.backends.lm import import_dspy
 
         dspy = import_dspy()
         from dspy.utils.exceptions import AdapterParseError

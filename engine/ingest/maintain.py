@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from engine.store import CURRENT, NewFact, Store
-from engine.writes import NewEvent, WriteTx
+from engine.storage.store import CURRENT, NewFact, Store
+from engine.storage.writes import NewEvent, WriteTx
 
 if TYPE_CHECKING:
     import numpy as np

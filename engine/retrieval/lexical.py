@@ -115,7 +115,7 @@ class Document:
 
     Besides the text it carries what hybrid fusion needs without a DuckDB round trip:
     the source message (for neighbouring turns), the valid-from time and the
-    speaker-like metadata values (see :data:`engine.fusion.NAME_KEYS`); ``fact`` is
+    speaker-like metadata values (see :data:`engine.retrieval.fusion.NAME_KEYS`); ``fact`` is
     the whole current version, so an unfiltered search can return its hits without
     fetching them again (about 0.8 ms of a 10k-fact search).
     """

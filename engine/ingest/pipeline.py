@@ -1,8 +1,8 @@
 """The add pipeline with inference: one extract call per turn, then code decides.
 
-It turns stored messages into :class:`~engine.maintain.Decision` objects and touches no
+It turns stored messages into :class:`~engine.ingest.maintain.Decision` objects and touches no
 table: the LM call is slow, so it runs outside any DuckDB transaction, and
-:func:`engine.maintain.apply_decisions` applies the result in one.
+:func:`engine.ingest.maintain.apply_decisions` applies the result in one.
 
 For each group of messages (one scope, in order):
 
@@ -19,8 +19,8 @@ For each group of messages (one scope, in order):
    multi-valued slot: a new value is added beside the others, and news about a value
    already there ("Rex" -> "Rex (died)") supersedes it; a single-valued fact that names a
    value of a catch-all slot ("green tea over coffee" after coffee filed under hobbies)
-   supersedes that value. Late news about an older period
-   never overwrites a newer fact: :mod:`engine.maintain` stores it as a closed historical version.
+   supersedes that value. Late news about an older period never overwrites a newer
+   fact: :mod:`engine.ingest.maintain` stores it as a closed historical version.
 
 No English word list decides anything here, so a change said in any language, or with no
 cue word at all ("we got the keys to our flat in Porto"), is read the same way.
@@ -46,15 +46,15 @@ from engine.extract.slots import (
     same_subject,
     specifics,
 )
-from engine.maintain import Decision, Ref
-from engine.records import fact_from_row
-from engine.store import CURRENT, FACT_COLUMNS, Store, content_hash, id_list
+from engine.ingest.maintain import Decision, Ref
+from engine.storage.records import fact_from_row
+from engine.storage.store import CURRENT, FACT_COLUMNS, Store, content_hash, id_list
 from engine.timeutil import to_storage
 from engine.types import Fact
 
 if TYPE_CHECKING:
-    from engine.embed import Embedder
-    from engine.index import VectorIndex
+    from engine.backends.embed import Embedder
+    from engine.retrieval.index import VectorIndex
 
 __all__ = [
     "CORRECTION_WINDOW",

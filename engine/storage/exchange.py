@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from engine.errors import ImportFormatError, InvalidInputError
-from engine.store import Store
+from engine.storage.store import Store
 from engine.timeutil import to_storage
 
 if TYPE_CHECKING:

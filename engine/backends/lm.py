@@ -15,7 +15,7 @@ Structured output: both engines declare ``supports_response_schema``, so DSPy's
 ``{"type": "json_object", "schema": ...}``, which compiles it to a grammar, so a small
 model cannot break the format. DSPy drops ``Annotated`` constraints (``maxItems``) from
 that schema; :func:`schema_adapter` puts them back. The in-process engine checks the
-grammar lazily (:mod:`engine.llamagen`): much faster than llama-cpp-python's own
+grammar lazily (:mod:`engine.backends.llamagen`): much faster than llama-cpp-python's own
 grammar sampling, which filters the whole vocabulary at every token.
 
 Threads: llama.cpp's OpenMP workers spin while idle unless ``OMP_WAIT_POLICY=PASSIVE``;
@@ -29,7 +29,7 @@ prompt, over the same memory-mapped weights (the extract program alone needs one
 cached share per call is in ``benchmarks/results/extraction.md``). Across processes, the
 KV state of each prompt's static prefix (instructions and demos: everything before the
 final user message) is kept on disk in
-``kv_cache_dir`` (:class:`engine.llamagen.PrefixStore`), so a new process's first call
+``kv_cache_dir`` (:class:`engine.backends.llamagen.PrefixStore`), so a new process's first call
 loads it instead of evaluating it again.
 
 Nothing here imports DSPy or llama.cpp at module level: ``import engine`` stays light.
@@ -231,7 +231,7 @@ def resolve_kv_dir(value: str | Path | Literal[False] | None = None) -> Path | N
         if env is not None:
             value = env
         else:
-            from engine.models import model_cache_dir
+            from engine.backends.models import model_cache_dir
 
             return model_cache_dir() / "kv"
     if value is False or value == "":
@@ -333,7 +333,7 @@ class LlamaCppEngine:
             ) from exc
         self.stats.loads += 1
         if self.kv_cache_dir is not None and self._prefix_store is None:
-            from engine.llamagen import PrefixStore
+            from engine.backends.llamagen import PrefixStore
 
             try:
                 fingerprint = model_fingerprint(self.model_path)
@@ -359,7 +359,7 @@ class LlamaCppEngine:
         if len(self._contexts) >= self.slots:
             _, old = self._contexts.popitem(last=False)
             old.llm.close()
-        from engine.llamagen import Generator
+        from engine.backends.llamagen import Generator
 
         llm = self._load()
         generator = Generator(llm, prefix_store=self._prefix_store)

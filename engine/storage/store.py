@@ -7,7 +7,7 @@ transaction. The index records the generation it reflects, so a stale index
 is detected and rebuilt instead of trusted.
 
 All SQL lives here. Changes to facts happen in a unit of work,
-:meth:`Store.write` (see :mod:`engine.writes`), which runs inside
+:meth:`Store.write` (see :mod:`engine.storage.writes`), which runs inside
 :meth:`Store.transaction`; reads may happen anywhere. A single connection is
 guarded by a re-entrant lock so one ``Memory`` can be shared by threads.
 """
@@ -31,10 +31,10 @@ from engine.errors import (
     StoreError,
     StoreLockedError,
 )
-from engine.records import fact_from_row
-from engine.schema import SCHEMA_VERSION, migrations
+from engine.storage.records import fact_from_row
+from engine.storage.schema import SCHEMA_VERSION, migrations
+from engine.storage.writes import IndexChange, NewEvent, WriteTx
 from engine.timeutil import now_utc, to_aware
-from engine.writes import IndexChange, NewEvent, WriteTx
 
 if TYPE_CHECKING:
     import duckdb
@@ -274,7 +274,7 @@ class Store:
 
     @contextmanager
     def write(self, *, actor: str, recorded: datetime | None = None) -> Iterator[WriteTx]:
-        """A unit of work (see :mod:`engine.writes`): fact versions, provenance and
+        """A unit of work (see :mod:`engine.storage.writes`): fact versions, provenance and
         events, stamped ``actor`` and ``recorded`` (default now), with generations and
         index changes handled at the end. A write inside another joins it (and its
         actor and time)."""

@@ -131,7 +131,7 @@ class SentenceTransformerEmbedder:
     (LRU) because applications repeat queries.
 
     ``backend`` is ``"auto"`` (default), ``"onnx"`` or ``"torch"``. On CPU, ``auto``
-    runs the same weights through ONNX Runtime (:mod:`engine.onnx_encoder`: exported
+    runs the same weights through ONNX Runtime (:mod:`engine.backends.onnx_encoder`: exported
     once into the model cache, vectors within cosine 0.9999 of torch's, several times
     faster per query) and falls back to torch when that is not possible; on CUDA it
     uses torch. ``"onnx"`` makes a failed ONNX setup an error instead.
@@ -219,8 +219,8 @@ class SentenceTransformerEmbedder:
     def _make_onnx(self) -> Any:
         if self.backend == "auto" and self._resolve_device() != "cpu":
             return None
-        from engine import models
-        from engine.onnx_encoder import OnnxEncoder, UnsupportedModelError
+        from engine.backends import models
+        from engine.backends.onnx_encoder import OnnxEncoder, UnsupportedModelError
 
         try:
             return OnnxEncoder(self.folder, models.model_cache_dir())
@@ -289,7 +289,7 @@ def load_embedder(
     if spec is not None and (spec == "hashing" or spec.startswith("hashing-")):
         dim = int(spec.split("-")[-1]) if spec.startswith("hashing-v1-") else 256
         return HashingEmbedder(dim)
-    from engine import models
+    from engine.backends import models
 
     if spec is None:
         spec = models.default_model("embedder").name

@@ -1,15 +1,15 @@
 """Retrieval: find a user's facts relevant to a query.
 
-The default path is *hybrid* (see :mod:`engine.fusion` for the scoring):
+The default path is *hybrid* (see :mod:`engine.retrieval.fusion` for the scoring):
 
 1. candidates: the hnswlib neighbours of the query vector and the BM25 top hits of
-   the per-user lexical index (:mod:`engine.lexical`), both over current facts;
+   the per-user lexical index (:mod:`engine.retrieval.lexical`), both over current facts;
 2. one DuckDB query fetches them with scope and filters applied in SQL (and checked
    again in code) and computes the exact cosine of every candidate, so a fact found
    only lexically still gets its vector signal (and vice versa for BM25);
 3. neighbouring turns (facts from the adjacent source message, same observation
    time) join the pool, so the reply to a matching question can be found;
-4. :func:`engine.fusion.fuse` scores and explains them.
+4. :func:`engine.retrieval.fusion.fuse` scores and explains them.
 
 When scope or filters throw away too many candidates the search falls back to an
 exact scan in DuckDB (vectors by ``array_inner_product``, BM25 over the scanned
@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidInputError
-from engine.filters import compile_filters, matches
-from engine.fusion import (
+from engine.retrieval.filters import compile_filters, matches
+from engine.retrieval.fusion import (
     HYBRID,
     NAME_KEYS,
     Candidate,
@@ -40,15 +40,15 @@ from engine.fusion import (
     fuse,
     query_features,
 )
-from engine.lexical import Document, LexicalIndex, LexicalScores
-from engine.records import fact_from_row
-from engine.store import CURRENT, FACT_COLUMNS, Store
+from engine.retrieval.lexical import Document, LexicalIndex, LexicalScores
+from engine.storage.records import fact_from_row
+from engine.storage.store import CURRENT, FACT_COLUMNS, Store
 from engine.types import Fact, SearchHit
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from engine.index import VectorIndex
+    from engine.retrieval.index import VectorIndex
 
 __all__ = ["MODES", "SearchRequest", "Searcher", "as_user_query", "valid_at_sql"]
 
@@ -162,7 +162,7 @@ def _record(fact: Fact) -> dict[str, Any]:
 class Searcher:
     """Hybrid retrieval over one store, its vector index and its lexical index.
 
-    ``lexical=None`` builds a :class:`~engine.lexical.LexicalIndex` over the store;
+    ``lexical=None`` builds a :class:`~engine.retrieval.lexical.LexicalIndex` over the store;
     ``weights`` overrides the tuned fusion weights (for experiments).
     """
 

@@ -12,7 +12,7 @@ Across processes, :class:`PrefixStore` keeps the KV state of each prompt's *stat
 prefix* (everything before the final user message: DSPy's instructions and demos) in a
 file, so a fresh process loads it instead of evaluating ~1,000 tokens again.
 
-Used by :class:`engine.lm.LlamaCppEngine`; nothing here imports DSPy.
+Used by :class:`engine.backends.lm.LlamaCppEngine`; nothing here imports DSPy.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ user whose current facts changed and queues one :class:`IndexChange` per user;
 the store hands those to its commit listeners (the ``Memory``'s vector and
 lexical indexes) once the outermost transaction has committed. If it rolls
 back, nothing is handed on and the affected users' in-memory indexes are
-dropped instead (see :meth:`engine.store.Store.on_rollback`).
+dropped instead (see :meth:`engine.storage.store.Store.on_rollback`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from engine.types import Event
 if TYPE_CHECKING:
     import numpy as np
 
-    from engine.store import NewFact, Store
+    from engine.storage.store import NewFact, Store
 
 __all__ = ["IndexChange", "NewEvent", "WriteTx"]
 
@@ -70,7 +70,7 @@ class IndexChange:
 
 
 class WriteTx:
-    """One unit of work on a store; made by :meth:`engine.store.Store.write`."""
+    """One unit of work on a store; made by :meth:`engine.storage.store.Store.write`."""
 
     def __init__(self, store: Store, *, actor: str, recorded: datetime) -> None:
         self.store = store
