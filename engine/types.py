@@ -15,6 +15,8 @@ __all__ = ["AddResult", "Event", "Fact", "Message", "SearchHit"]
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
