@@ -25,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio.to_thread
 from mcp.server import Server, ServerRequestContext
@@ -162,4 +162,5 @@ def mount_mcp(
             yield state
 
     app.router.lifespan_context = lifespan
-    app.router.add_route(path, mcp_app, include_in_schema=False)
+    # Starlette's Route serves any ASGI app given as its endpoint; FastAPI types it narrower.
+    app.router.add_route(path, cast(Any, mcp_app), include_in_schema=False)
