@@ -24,7 +24,7 @@ from engine.errors import (
     StoreLockedError,
     VectorIndexError,
 )
-from engine.types import AddResult, Event, Fact, Message, SearchHit
+from engine.types import AddResult, Context, Event, Fact, Message, SearchHit
 
 if TYPE_CHECKING:
     from engine.backends.embed import HashingEmbedder, SentenceTransformerEmbedder
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddResult",
     "ChecksumMismatchError",
+    "Context",
     "EmbedderMismatchError",
     "EngineError",
     "Event",
