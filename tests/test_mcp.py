@@ -89,6 +89,12 @@ def test_stdio_server_adds_searches_updates_deletes_and_keeps_to_its_user(
             assert [h["id"] for h in found["results"]] == [coffee]
             assert found["results"][0]["user_id"] == "maria"
 
+            error, context = await call(client, "get_context",
+                                        {"query": "what does she drink?", "max_tokens": 200})
+            assert not error and "I love coffee" in context["text"]
+            assert [f["id"] for f in context["facts"]] == [coffee]
+            assert context["tokens"] <= context["max_tokens"] == 200
+
             error, updated = await call(client, "update_memory", {
                 "fact_id": coffee, "text": "I switched to green tea", "reason": "user said"})
             assert not error and updated["text"] == "I switched to green tea"
@@ -207,6 +213,9 @@ def test_http_mount_serves_two_users_that_never_cross(make_memory) -> None:  # t
             _, found = await call(maria, "search_memories",
                                   {"query": "coffee", "filters": {"user_id": "bob"}})
             assert found["results"] == []
+            _, context = await call(bob, "get_context", {"query": "who loves coffee?"})
+            assert [f["id"] for f in context["facts"]] == [bobs]
+            assert "Maria" not in context["text"]
             _, listing = await call(bob, "list_memories", {"include_history": True})
             assert [f["id"] for f in listing["facts"]] == [bobs]
 
@@ -275,8 +284,8 @@ def test_add_infers_by_default_when_the_memory_does(make_memory) -> None:  # typ
             assert later["pending"] == later["message_ids"] and later["events"] == []
 
     run(scenario)
+    memory.flush()  # the background extraction of "ok bye"
     assert len(extractor.extract_calls) == 2  # the raw note never reached the LM
-    memory.flush()
     assert memory.status()["pending_messages"] == 0
 
 
