@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from engine.memory import Memory
     from engine.types import Fact
 
-__all__ = ["TOOLS", "ScopedMemory", "ToolSpec", "call_tool"]
+__all__ = ["ScopedMemory", "TOOLS", "ToolSpec", "call_tool"]
 
 DATE_HELP = "ISO 8601 date or date-time, e.g. 2026-05-01 or 2026-05-01T09:30:00Z"
 
