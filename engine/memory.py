@@ -123,10 +123,12 @@ class Memory:
         self._worker = BackgroundWorker(self._process)
         self._closed = False
         if process_pending and not read_only:
-            waiting = [int(r[0]) for r in self.store.pending_messages(max_attempts=MAX_ATTEMPTS)]
-            if waiting:
-                log.info("%d messages wait for extraction; processing them", len(waiting))
-                self._worker.submit(waiting)
+            batches = self.store.pending_batches(max_attempts=MAX_ATTEMPTS)
+            if batches:
+                log.info("%d messages wait for extraction; processing them",
+                         sum(map(len, batches)))
+            for batch in batches:
+                self._worker.submit(batch)
 
     # ---- lifecycle -------------------------------------------------------------------
 

@@ -401,6 +401,21 @@ class Store:
             params,
         )
 
+    def pending_batches(self, *, max_attempts: int) -> list[list[int]]:
+        """Ids of the messages waiting for extraction, one list per ``add`` that stored
+        them (same scope, same ingestion time), oldest first.
+
+        Each batch must be extracted on its own: merged, separate adds would read as one
+        conversation, their facts credited to the last message and dated from it.
+        """
+        rows = self.query(
+            "SELECT list(id ORDER BY id) FROM messages WHERE status = 'pending'"
+            " AND mode = 'infer' AND attempts < ?"
+            " GROUP BY user_id, agent_id, run_id, ingested_at ORDER BY min(id)",
+            [max_attempts],
+        )
+        return [[int(i) for i in row[0]] for row in rows]
+
     def set_message_status(
         self, ids: Sequence[int], status: str, error: str | None = None,
         *, count_attempt: bool = True,
