@@ -180,9 +180,9 @@ def _check_record(record: dict[str, Any], messages: dict[int, Any], facts: dict[
             stored = messages.get(int(message_id))
             if stored is None or stored[1] != content:
                 problems.append(f"acknowledged message {message_id} ({content!r}) lost")
-            elif op != "raw" and stored[2] == "processed" and not sources.get(int(message_id)):
-                if not record.get("lm"):
-                    problems.append(f"message {message_id} processed but has no fact")
+            elif (op != "raw" and not record.get("lm") and stored[2] == "processed"
+                  and not sources.get(int(message_id))):
+                problems.append(f"message {message_id} processed but has no fact")
         for fact_id in record.get("fact_ids", []):
             if int(fact_id) not in facts:
                 problems.append(f"acknowledged fact {fact_id} lost")
