@@ -163,8 +163,11 @@ class Store:
             message = str(exc)
             if "lock" in message.lower():
                 raise StoreLockedError(
-                    f"{self.path} is open in another process ({message.splitlines()[0]}). "
-                    "Close that process, or open this store read-only."
+                    f"{self.path} is open for writing in another process "
+                    f"({message.splitlines()[0]}). DuckDB lets one process write a file or "
+                    "several read it, never both: close that process, or reach the store "
+                    "through it (one server process for all clients). A read-only open "
+                    "works once no process has it open for writing."
                 ) from exc
             raise StoreError(f"cannot open {self.path}: {message}") from exc
         except duckdb.Error as exc:
