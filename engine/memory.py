@@ -125,10 +125,12 @@ class Memory:
         self._worker = BackgroundWorker(self._process)
         self._closed = False
         if process_pending and not read_only:
-            waiting = [int(r[0]) for r in self.store.pending_messages(max_attempts=MAX_ATTEMPTS)]
-            if waiting:
-                log.info("%d messages wait for extraction; processing them", len(waiting))
-                self._worker.submit(waiting)
+            batches = self.store.pending_batches(max_attempts=MAX_ATTEMPTS)
+            if batches:
+                log.info("%d messages wait for extraction; processing them",
+                         sum(map(len, batches)))
+            for batch in batches:
+                self._worker.submit(batch)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -193,7 +195,7 @@ class Memory:
         )
         if self.infer if infer is None else infer:
             return self._add_inferred(messages, user, agent, run, wait=wait)
-        vectors = self.embedder.embed([m.content for m in messages])
+        vectors = self._embed([m.content for m in messages])
         hashes = [content_hash(m.content) for m in messages]
         with self.store.write(actor=self.actor) as tx:
             message_ids = self.store.insert_messages(
@@ -294,11 +296,13 @@ class Memory:
                 f"{exc} (the {len(ids)} message(s) are stored and will be processed once an "
                 "LM is available: run `make install` or pass extractor=...)"
             ) from exc
-        except EngineError as exc:
+        except Exception as exc:  # the extractor is third-party code: any failure is one
+            reason = str(exc) if isinstance(exc, EngineError) else \
+                f"the extractor failed ({type(exc).__name__}: {exc})"
             status = "failed" if attempts >= MAX_ATTEMPTS else "pending"
-            self.store.set_message_status(ids, status, str(exc))
-            log.warning("extraction failed for messages %s (%s); kept as %s", ids, exc, status)
-            return AddResult(message_ids=list(message_ids), pending=ids, errors=[str(exc)])
+            self.store.set_message_status(ids, status, reason)
+            log.warning("extraction failed for messages %s (%s); kept as %s", ids, reason, status)
+            return AddResult(message_ids=list(message_ids), pending=ids, errors=[reason])
         events = self._apply(decisions, actor=self._actor_for_inference(), processed=ids)
         return AddResult(message_ids=list(message_ids), events=events)
 
@@ -372,7 +376,7 @@ class Memory:
         meta = old.metadata if metadata is None else check_metadata(metadata)
         if value is not None:
             value = check_text(value, "value")
-        vector = self.embedder.embed([text])
+        vector = self._embed([text])
         with self.store.write(actor=self.actor) as tx:
             (new_id,) = tx.insert(
                 [NewFact(text, old.user_id, old.agent_id, old.run_id, old.category, meta,
@@ -563,7 +567,13 @@ class Memory:
             as_of=None if as_of is None else to_storage(as_of, name="as_of"),
             explain=bool(explain),
         )
-        vector = self.embedder.embed_query(request.query)
+        try:
+            vector = self.embedder.embed_query(request.query)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"the embedder failed on the query ({type(exc).__name__}: {exc});"
+                             " check the embedder's model and device") from exc
         return self.searcher.search(request, vector)
 
     def context(
@@ -628,6 +638,18 @@ class Memory:
         return data
 
     # ---- internals -------------------------------------------------------------------
+
+    def _embed(self, texts: list[str]) -> Any:
+        """Embed texts before anything is written, so a failing embedder stores nothing."""
+        try:
+            return self.embedder.embed(texts)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"the embedder failed ({type(exc).__name__}: {exc}); nothing was stored. "
+                "Check the embedder's model and device, then add again"
+            ) from exc
 
     def _update_indexes(self, changes: list[IndexChange]) -> None:
         """Tell both indexes what a committed unit of work changed."""

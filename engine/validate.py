@@ -31,10 +31,22 @@ class InputMessage:
     name: str | None = None
 
 
+def _check_unicode(value: str, what: str) -> None:
+    """Refuse strings UTF-8 cannot store (lone surrogates, e.g. from a bad decode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode (a lone surrogate at position {exc.start}); "
+            "decode the input with errors='replace' first"
+        ) from exc
+
+
 def check_text(text: Any, what: str = "text") -> str:
     """A non-empty string of at most MAX_TEXT_CHARS characters, stripped."""
     if not isinstance(text, str):
         raise InvalidInputError(f"{what} must be a string, got {type(text).__name__}")
+    _check_unicode(text, what)
     stripped = text.strip()
     if not stripped:
         raise InvalidInputError(f"{what} is empty; pass the text to remember")
@@ -61,6 +73,7 @@ def check_scope(
             continue
         if not isinstance(value, str):
             raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
+        _check_unicode(value, name)
         value = value.strip()
         if not value or len(value) > MAX_ID_CHARS:
             raise InvalidInputError(f"{name} must be 1 to {MAX_ID_CHARS} characters")
@@ -76,8 +89,10 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
-        json.dumps(metadata)
+        _check_unicode(json.dumps(metadata, ensure_ascii=False), "metadata")
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
         raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
     return dict(metadata)
 

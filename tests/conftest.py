@@ -2,6 +2,10 @@
 deterministic hashing embedder so tests can assert exact rankings fast.
 
 Tests marked ``model`` use the real bundled MiniLM (installed by ``make test``).
+
+The whole suite runs offline for real: :mod:`engine.netguard` refuses every connection
+and name lookup beyond loopback (AF_UNIX and 127.0.0.1 keep working), and a test during
+which anything tried fails, even when the library swallowed the refusal.
 """
 
 from __future__ import annotations
@@ -15,8 +19,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from engine import netguard
 from engine.backends.embed import HashingEmbedder
 from engine.memory import Memory
+
+netguard.install()
+
+
+@pytest.fixture(autouse=True)
+def _no_network() -> Iterator[None]:
+    """Fail the test if anything tried to reach beyond loopback while it ran."""
+    netguard.attempts(clear=True)
+    yield
+    tried = netguard.attempts(clear=True)
+    if tried:
+        pytest.fail("network access attempted (refused): " + "; ".join(tried[:5]))
 
 
 @pytest.fixture

@@ -286,6 +286,11 @@ class VectorIndex:
         with self._lock:
             return len(self._get(user_id).live)
 
+    def ids(self, user_id: str) -> set[int]:
+        """The fact ids the user's index holds (to check it against the store)."""
+        with self._lock:
+            return set(self._get(user_id).live)
+
     def forget(self, user_id: str) -> None:
         """Drop a user's index from memory and disk (after a purge)."""
         with self._lock:

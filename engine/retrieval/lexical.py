@@ -390,6 +390,11 @@ class LexicalIndex:
         with self._lock:
             return self._get(user_id).count
 
+    def ids(self, user_id: str) -> set[int]:
+        """The fact ids the user's index holds (to check it against the store)."""
+        with self._lock:
+            return set(self._get(user_id).slot_of)
+
     def forget(self, user_id: str) -> None:
         """Drop a user's index (after a purge)."""
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,12 @@ CHECKPOINT_THRESHOLD = "256MB"
 
 _MIRRORS: dict[str, dict[str, int]] = {}
 _MIRRORS_LOCK = threading.Lock()
+_OPEN_WRITERS: dict[str, int] = {}
+"""Writable ``Store`` objects open per database file in this process (a purge rewrites
+the file, which is only safe when it holds the one connection)."""
+
+REWRITE_SUFFIX = ".rewrite"
+"""The fresh copy a purge writes beside the database before swapping it in."""
 
 
 def _generation_mirror(path: str) -> dict[str, int]:
@@ -156,12 +163,22 @@ class Store:
             message = str(exc)
             if "lock" in message.lower():
                 raise StoreLockedError(
-                    f"{self.path} is open in another process ({message.splitlines()[0]}). "
-                    "Close that process, or open this store read-only."
+                    f"{self.path} is open for writing in another process "
+                    f"({message.splitlines()[0]}). DuckDB lets one process write a file or "
+                    "several read it, never both: close that process, or reach the store "
+                    "through it (one server process for all clients). A read-only open "
+                    "works once no process has it open for writing."
                 ) from exc
             raise StoreError(f"cannot open {self.path}: {message}") from exc
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._read_only = read_only
+        self._closed = False
+        if not read_only and self.path != ":memory:":
+            _remove_database_files(Path(self.path + REWRITE_SUFFIX))  # a purge cut short
+            with _MIRRORS_LOCK:
+                key = str(Path(self.path).resolve())
+                _OPEN_WRITERS[key] = _OPEN_WRITERS.get(key, 0) + 1
         self._in_transaction = False
         self._generations = _generation_mirror(self.path)
         self._pending_generations: dict[str, int] = {}
@@ -170,17 +187,25 @@ class Store:
         self._pending_changes: list[IndexChange] = []
         self._write: WriteTx | None = None
         if not read_only:
-            # Every checkpoint rewrites the primary-key indexes whole, so at DuckDB's 16 MB
-            # default a growing store checkpoints every ~7k facts at a cost that grows with
-            # it (0.9 s per checkpoint at 100k facts). 256 MB: 100k facts ingest in 6.0 s
-            # instead of 11.8 s (hashing embedder, batches of 1,000); close still checkpoints.
-            self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+            self._configure()
         self._migrate(embedder_identity, dim, read_only)
+
+    def _configure(self) -> None:
+        # Every checkpoint rewrites the primary-key indexes whole, so at DuckDB's 16 MB
+        # default a growing store checkpoints every ~7k facts at a cost that grows with
+        # it (0.9 s per checkpoint at 100k facts). 256 MB: 100k facts ingest in 6.0 s
+        # instead of 11.8 s (hashing embedder, batches of 1,000); close still checkpoints.
+        self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
 
     # ---- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
+            if not self._closed and not self._read_only and self.path != ":memory:":
+                with _MIRRORS_LOCK:
+                    key = str(Path(self.path).resolve())
+                    _OPEN_WRITERS[key] = max(0, _OPEN_WRITERS.get(key, 1) - 1)
+            self._closed = True
             self._con.close()
 
     def _meta(self, key: str) -> str | None:
@@ -378,6 +403,21 @@ class Store:
             f" attempts FROM messages WHERE {' AND '.join(clauses)} ORDER BY id",
             params,
         )
+
+    def pending_batches(self, *, max_attempts: int) -> list[list[int]]:
+        """Ids of the messages waiting for extraction, one list per ``add`` that stored
+        them (same scope, same ingestion time), oldest first.
+
+        Each batch must be extracted on its own: merged, separate adds would read as one
+        conversation, their facts credited to the last message and dated from it.
+        """
+        rows = self.query(
+            "SELECT list(id ORDER BY id) FROM messages WHERE status = 'pending'"
+            " AND mode = 'infer' AND attempts < ?"
+            " GROUP BY user_id, agent_id, run_id, ingested_at ORDER BY min(id)",
+            [max_attempts],
+        )
+        return [[int(i) for i in row[0]] for row in rows]
 
     def set_message_status(
         self, ids: Sequence[int], status: str, error: str | None = None,
@@ -629,7 +669,78 @@ class Store:
     # ---- erasure ---------------------------------------------------------------------
 
     def purge_user(self, user_id: str) -> dict[str, int]:
-        """Erase every row of one user (privacy requests). Returns counts per table."""
+        """Erase every row of one user (privacy requests). Returns counts per table.
+
+        Deleting rows is not enough: DuckDB keeps freed blocks in the file without zeroing
+        them, so the user's text would still be readable in its bytes. After the delete
+        commits, the database is copied into a fresh file that is swapped in
+        (:meth:`_rewrite_file`); that costs time proportional to the store's size.
+        """
+        self._check_sole_writer("purge")
+        counts: dict[str, int] = {}
+        with self._lock:
+            counts = self._delete_user_rows(user_id)
+            self._rewrite_file()
+        self._generations.pop(user_id, None)
+        return counts
+
+    def _check_sole_writer(self, what: str) -> None:
+        if self.path == ":memory:":
+            return
+        with _MIRRORS_LOCK:
+            writers = _OPEN_WRITERS.get(str(Path(self.path).resolve()), 0)
+        if writers > 1:
+            raise StoreError(
+                f"cannot {what} {self.path}: {writers} Memory objects have it open in this "
+                "process, and erasure rewrites the file. Close the others and retry."
+            )
+
+    def _rewrite_file(self) -> None:
+        """Copy the database into a fresh file and swap it in, leaving no freed block behind.
+
+        The copy is written beside the database, synced, then renamed over it, so a crash
+        leaves either the old file (its rows already deleted) or the new one, never half of
+        each; a leftover copy is removed on the next open.
+        """
+        if self.path == ":memory:":
+            return
+        import duckdb
+
+        path = Path(self.path)
+        fresh = Path(self.path + REWRITE_SUFFIX)
+        _remove_database_files(fresh)
+        try:
+            self._con.execute("CHECKPOINT")
+            name = str(self._scalar("SELECT current_database()"))
+            self._con.execute(f"ATTACH {_sql_string(str(fresh))} AS memengine_fresh")
+            try:
+                self._con.execute(f"COPY FROM DATABASE {_sql_name(name)} TO memengine_fresh")
+            finally:
+                self._con.execute("DETACH memengine_fresh")
+            _fsync(fresh)
+        except (duckdb.Error, OSError) as exc:
+            _remove_database_files(fresh)
+            raise StoreError(
+                f"the rows were deleted but {self.path} could not be rewritten ({exc}), so "
+                "their bytes may remain in the file: free some disk space and purge again"
+            ) from exc
+        self._con.close()
+        wal = Path(self.path + ".wal")
+        if wal.exists():  # closing checkpointed everything; a stale WAL must not replay
+            wal.unlink()
+        os.replace(fresh, path)
+        _fsync(path.parent)
+        try:
+            self._con = duckdb.connect(self.path)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot reopen {self.path} after the purge: {exc}") from exc
+        self._configure()
+
+    def _scalar(self, sql: str) -> Any:
+        row = self._con.execute(sql).fetchone()
+        return None if row is None else row[0]
+
+    def _delete_user_rows(self, user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         with self.transaction() as con:
             counts["facts"] = self._count("facts", user_id)
@@ -641,7 +752,6 @@ class Store:
             )
             for table in ("facts", "messages", "events", "index_state"):
                 con.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id])
-        self._generations.pop(user_id, None)
         return counts
 
     def _count(self, table: str, user_id: str) -> int:
@@ -673,6 +783,28 @@ class Store:
             "failed_messages": int(messages[2]),
             "events": int(events),
         }
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_name(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_database_files(path: Path) -> None:
+    for leftover in (path, Path(str(path) + ".wal")):
+        leftover.unlink(missing_ok=True)
 
 
 def _ids_and_matrix(table: Any, dim: int, np: Any) -> tuple[list[int], Any]:
