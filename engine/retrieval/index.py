@@ -81,7 +81,6 @@ class _UserIndex:
 
     def __init__(self, dim: int, params: HnswParams, capacity: int) -> None:
         import hnswlib
-
         import numpy as np
 
         self.dim = dim
