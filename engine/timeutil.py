@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 
 from engine.errors import InvalidInputError
 
-__all__ = ["TimeLike", "now_utc", "to_aware", "to_storage"]
+__all__ = ["TimeLike", "micros", "now_utc", "to_aware", "to_storage"]
 
 TimeLike = datetime | date | str
 
@@ -49,3 +49,14 @@ def to_aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(value: datetime) -> int:
+    """Integer microseconds since 1970 of an aware or naive-UTC time, exactly (no float
+    rounding, so differences of two are exact)."""
+    epoch = _EPOCH if value.tzinfo is not None else _EPOCH.replace(tzinfo=None)
+    delta = value - epoch
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds

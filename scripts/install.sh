@@ -9,6 +9,8 @@
 #   PYTHON                 interpreter for the venv (default: python3.11, else python3 >= 3.11)
 #   MEMENGINE_FORCE=1      ignore the stamp and redo every step (each step still skips work
 #                          that is already done)
+#   MEMENGINE_CUDA=1|0     build llama-cpp-python with CUDA, or without (default: with CUDA
+#                          when nvcc and a GPU are found; see scripts/llama_flags.sh)
 #   XDG_CACHE_HOME         where built llama-cpp-python wheels are kept
 #                          (${XDG_CACHE_HOME:-$HOME/.cache}/memengine/wheels/<key>/)
 set -euo pipefail
@@ -22,7 +24,11 @@ STAMP="$STAMP_DIR/install"
 
 TORCH_REQ="torch==2.13.0"
 LLAMA_VERSION="0.3.36"
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+# Safe CPU flags, plus -DGGML_CUDA=on when nvcc and a GPU are present or MEMENGINE_CUDA=1
+# (scripts/llama_flags.sh); the flags are part of the wheel-cache key and the stamp.
+# shellcheck source=scripts/llama_flags.sh
+source scripts/llama_flags.sh
+LLAMA_CMAKE_ARGS=$(llama_cmake_args) || exit 2
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -51,7 +57,8 @@ die() {
 sha_of() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
 # ------------------------------------------------------------------ stamp: nothing to do?
-KEY=$(sha_of pyproject.toml scripts/install.sh models/manifest.toml)
+KEY=$({ sha_of pyproject.toml scripts/install.sh scripts/llama_flags.sh models/manifest.toml
+       echo "$LLAMA_CMAKE_ARGS"; } | sha256sum | cut -c1-16)
 if [[ "${MEMENGINE_FORCE:-0}" != 1 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$KEY" ]]; then
     step "up to date (stamp $KEY); checking the default models"
     "$PY" -c "import engine, llama_cpp" || die "the venv is broken: rm -rf .venv .stamps; make install"
@@ -98,6 +105,7 @@ pip_ install -q -e '.[dev,server]'
 
 # --------------------------------------------------------------------- llama-cpp-python
 step "llama-cpp-python ${LLAMA_VERSION} (built with GGML_NATIVE=OFF; the native build crashes here)"
+[[ "$LLAMA_CMAKE_ARGS" == *GGML_CUDA=on* ]] && echo "    with CUDA: the LM offloads every layer to the GPU"
 LLAMA_KEY=$(printf '%s\n%s\n%s\n%s\n' "llama-cpp-python==$LLAMA_VERSION" "$LLAMA_CMAKE_ARGS" \
     "$("$PY" -c 'import sys; print(sys.implementation.cache_tag)')" "$(uname -m)" \
     | sha256sum | cut -c1-16)

@@ -43,15 +43,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from engine.timeutil import micros
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Candidate",
     "FusionWeights",
     "HYBRID",
     "QueryFeatures",
+    "Scored",
+    "Signals",
     "fuse",
     "query_features",
+    "score",
+    "signals_of",
 ]
 
 # Metadata keys whose string values name the person a fact came from.
@@ -151,9 +160,139 @@ class Candidate:
     parts: dict[str, Any] = field(default_factory=dict)
 
 
-def _scale(values: Sequence[float]) -> tuple[float, float]:
-    low, high = min(values), max(values)
-    return low, (high - low) if high > low else 1.0
+@dataclass
+class Signals:
+    """A whole candidate pool as columns, so the fusion scores it in a few numpy passes.
+
+    Row ``i`` is one candidate: ``ids`` its fact id, ``similarity`` its cosine, ``bm25``
+    its BM25 score, ``valid_from_us`` its valid-from time in integer microseconds (exact
+    age arithmetic), ``expanded`` whether it entered only as a neighbour, ``named`` and
+    ``timely`` the name and time signals, and ``neighbours`` an ``(n, 2)`` matrix of the
+    rows of its neighbouring turns (-1: none).
+    """
+
+    ids: np.ndarray
+    similarity: np.ndarray
+    bm25: np.ndarray
+    valid_from_us: np.ndarray
+    expanded: np.ndarray
+    named: np.ndarray
+    timely: np.ndarray
+    neighbours: np.ndarray
+
+
+@dataclass
+class Scored:
+    """What :func:`score` computed for each row of a :class:`Signals` pool."""
+
+    vector: np.ndarray
+    lexical: np.ndarray
+    name: np.ndarray
+    time: np.ndarray
+    recency: np.ndarray
+    age_s: np.ndarray
+    base: np.ndarray
+    bonus: np.ndarray
+    score: np.ndarray
+    best_neighbour: np.ndarray
+    """The row of the neighbour whose base gave the bonus (-1: none)."""
+    order: np.ndarray
+    """Rows best first (ties: lower fact id first)."""
+
+    def parts(self, row: int, signals: Signals, query: QueryFeatures,
+              candidate: Candidate) -> dict[str, Any]:
+        """The per-signal explanation of one row (what ``explain=True`` shows)."""
+        best = int(self.best_neighbour[row])
+        return {
+            "vector": {"similarity": candidate.similarity, "rank": candidate.vector_rank,
+                       "contribution": float(self.vector[row])},
+            "lexical": {"bm25": candidate.bm25, "rank": candidate.lexical_rank,
+                        "contribution": float(self.lexical[row])},
+            "name": {"matched": named_speakers(candidate.metadata, query)
+                     if bool(signals.named[row]) else [],
+                     "contribution": float(self.name[row])},
+            "time": {"asks_when": query.asks_when, "mentions_time": bool(signals.timely[row]),
+                     "contribution": float(self.time[row])},
+            "recency": {"age_days": float(self.age_s[row]) / 86400.0,
+                        "contribution": float(self.recency[row])},
+            "neighbour": {"from": None if best < 0 else int(signals.ids[best]),
+                          "contribution": float(self.bonus[row]),
+                          "expanded_from": candidate.expanded_from},
+        }
+
+
+def score(signals: Signals, weights: FusionWeights = HYBRID) -> Scored:
+    """Score a pool at once (see the module docstring for the formula).
+
+    Scaling statistics come from the retrieved rows only; a row that entered only as a
+    neighbour gets no vector part (its cosine was never retrieved, exactly as in tuning)
+    but keeps its BM25 and other signals.
+    """
+    import numpy as np
+
+    n = len(signals.ids)
+    retrieved = ~signals.expanded if n and not signals.expanded.all() else np.ones(n, bool)
+    sims = signals.similarity[retrieved]
+    sim_low = float(sims.min()) if n else 0.0
+    sim_high = float(sims.max()) if n else 0.0
+    sim_span = (sim_high - sim_low) if sim_high > sim_low else 1.0
+    bm25_top = (float(signals.bm25[retrieved].max()) if n else 0.0) or 1.0
+    newest = int(signals.valid_from_us[retrieved].max()) if n else 0
+    half_life_s = max(weights.recency_half_life_days, 1e-6) * 86400.0
+    vector = weights.vector * np.maximum(0.0, (signals.similarity - sim_low) / sim_span)
+    vector[signals.expanded] = 0.0
+    lexical = weights.lexical * np.minimum(1.0, signals.bm25 / bm25_top)
+    name = np.where(signals.named, weights.name, 0.0) if weights.name else np.zeros(n)
+    timely = signals.timely if weights.time > 0 else np.zeros(n, bool)
+    time = np.where(timely, weights.time, 0.0)
+    age_s = np.maximum(0, newest - signals.valid_from_us) / 1e6
+    if weights.recency:
+        # math.pow, not np.power: the same result on every CPU (numpy's SIMD pow differs
+        # in the last bit on some), so near-ties rank the same everywhere.
+        decay = [math.pow(0.5, a) for a in (age_s / half_life_s).tolist()]
+        recency = weights.recency * np.asarray(decay, dtype=np.float64)
+    else:
+        recency = np.zeros(n)
+    base = vector + lexical + name + time + recency
+    padded = np.append(base, 0.0)
+    around = padded[signals.neighbours] if n else np.zeros((0, 2))
+    first, second = around[:, 0], around[:, 1]
+    best = np.maximum(0.0, np.maximum(first, second))
+    # the first neighbour listed wins a tie, as a strict ``>`` scan from 0 would
+    pick = np.where(first >= second, signals.neighbours[:, 0], signals.neighbours[:, 1])
+    best_neighbour = np.where(best > 0.0, pick, -1)
+    bonus = weights.neighbour * best
+    total = base + bonus
+    order = np.lexsort((signals.ids, -total))
+    return Scored(vector=vector, lexical=lexical, name=name, time=time, recency=recency,
+                  age_s=age_s, base=base, bonus=bonus, score=total,
+                  best_neighbour=best_neighbour, order=order)
+
+
+def signals_of(candidates: Sequence[Candidate], query: QueryFeatures,
+               weights: FusionWeights = HYBRID) -> Signals:
+    """The columns of a list of candidates (neighbour ids that are not in it are dropped)."""
+    import numpy as np
+
+    row_of = {c.fact_id: row for row, c in enumerate(candidates)}
+    neighbours = np.full((len(candidates), 2), -1, dtype=np.int64)
+    for row, c in enumerate(candidates):
+        rows = [row_of[i] for i in c.neighbours if i in row_of][:2]
+        neighbours[row, : len(rows)] = rows
+    asks_when = query.asks_when and weights.time > 0
+    return Signals(
+        ids=np.asarray([c.fact_id for c in candidates], dtype=np.int64),
+        similarity=np.asarray([c.similarity for c in candidates], dtype=np.float64),
+        bm25=np.asarray([c.bm25 for c in candidates], dtype=np.float64),
+        valid_from_us=np.asarray([micros(c.valid_from) for c in candidates], dtype=np.int64),
+        expanded=np.asarray([c.expanded_from is not None for c in candidates], dtype=bool),
+        named=np.asarray([bool(weights.name and c.metadata
+                               and named_speakers(c.metadata, query)) for c in candidates],
+                         dtype=bool),
+        timely=np.asarray([asks_when and mentions_time(c.text) for c in candidates],
+                          dtype=bool),
+        neighbours=neighbours,
+    )
 
 
 def fuse(
@@ -165,53 +304,17 @@ def fuse(
 ) -> list[Candidate]:
     """Score candidates in place and return them best first (ties: lower id first).
 
-    Scaling statistics come from the retrieved candidates only; a fact that entered
-    only as a neighbour gets no vector part (its cosine was never retrieved, exactly
-    as in tuning) but keeps its BM25 and other signals. ``explain=False`` skips
-    building the per-signal ``parts`` dicts (they cost more than the arithmetic).
+    The arithmetic is :func:`score`'s; this is its form for a list of candidate
+    objects (the SQL paths). ``explain=False`` skips building the per-signal ``parts``.
     """
     pool = list(candidates)
     if not pool:
         return []
-    retrieved = [c for c in pool if c.expanded_from is None] or pool
-    sim_low, sim_span = _scale([c.similarity for c in retrieved])
-    bm25_top = max((c.bm25 for c in retrieved), default=0.0) or 1.0
-    newest = max(c.valid_from for c in retrieved)
-    half_life_s = max(weights.recency_half_life_days, 1e-6) * 86400.0
-    asks_when = query.asks_when and weights.time > 0
-    for c in pool:
-        vector = 0.0
-        if c.expanded_from is None:
-            vector = weights.vector * max(0.0, (c.similarity - sim_low) / sim_span)
-        lexical = weights.lexical * min(1.0, c.bm25 / bm25_top)
-        names = named_speakers(c.metadata, query) if weights.name and c.metadata else []
-        name = weights.name if names else 0.0
-        timely = asks_when and mentions_time(c.text)
-        time = weights.time if timely else 0.0
-        age_s = max(0.0, (newest - c.valid_from).total_seconds())
-        recency = weights.recency * math.pow(0.5, age_s / half_life_s) if weights.recency else 0.0
-        c.base = vector + lexical + name + time + recency
+    signals = signals_of(pool, query, weights)
+    scored = score(signals, weights)
+    for row, c in enumerate(pool):
+        c.base = float(scored.base[row])
+        c.score = float(scored.score[row])
         if explain:
-            c.parts = {
-                "vector": {"similarity": c.similarity, "rank": c.vector_rank,
-                           "contribution": vector},
-                "lexical": {"bm25": c.bm25, "rank": c.lexical_rank, "contribution": lexical},
-                "name": {"matched": names, "contribution": name},
-                "time": {"asks_when": query.asks_when, "mentions_time": bool(timely),
-                         "contribution": time},
-                "recency": {"age_days": age_s / 86400.0, "contribution": recency},
-            }
-    by_id = {c.fact_id: c for c in pool}
-    for c in pool:
-        best_id, best = None, 0.0
-        for other in c.neighbours:
-            neighbour = by_id.get(other)
-            if neighbour is not None and neighbour.base > best:
-                best_id, best = other, neighbour.base
-        bonus = weights.neighbour * best
-        c.score = c.base + bonus
-        if explain:
-            c.parts["neighbour"] = {"from": best_id, "contribution": bonus,
-                                    "expanded_from": c.expanded_from}
-    pool.sort(key=lambda c: (-c.score, c.fact_id))
-    return pool
+            c.parts = scored.parts(row, signals, query, c)
+    return [pool[row] for row in scored.order.tolist()]

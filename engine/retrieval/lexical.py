@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from engine.timeutil import micros
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -161,11 +163,14 @@ class _UserLexicon:
         self.by_source: dict[int, int] = {}  # source message id -> live slot
         self.lengths = np.zeros(256, dtype=np.float32)
         self.alive = np.zeros(256, dtype=bool)
+        self.valid_us = np.zeros(256, dtype=np.int64)  # valid-from, microseconds since 1970
         self.postings: dict[str, tuple[list[int], list[int]]] = {}
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.total_length = 0.0
         self.count = 0
         self.generation = 0
+        self._norm_key: tuple[float, ...] | None = None
+        self._norm_cache = np.zeros(0, dtype=np.float32)
 
     def add(self, document: Document) -> None:
         import numpy as np
@@ -179,6 +184,7 @@ class _UserLexicon:
             self.lengths = np.resize(self.lengths, grow)
             self.alive = np.resize(self.alive, grow)
             self.alive[slot:] = False
+            self.valid_us = np.resize(self.valid_us, grow)
         self.ids.append(fact_id)
         self.documents.append(document)
         self.slot_of[fact_id] = slot
@@ -195,6 +201,7 @@ class _UserLexicon:
             self.cache.pop(token, None)
         self.lengths[slot] = len(tokens)
         self.alive[slot] = True
+        self.valid_us[slot] = 0 if document.valid_from is None else micros(document.valid_from)
         self.total_length += len(tokens)
         self.count += 1
 
@@ -222,6 +229,16 @@ class _UserLexicon:
         self.cache[term] = cached
         return cached
 
+    def _norm(self, params: type[BM25Params]) -> np.ndarray:
+        """BM25's per-slot length normalisation, recomputed only after a change."""
+        key = (len(self.ids), self.count, self.total_length, params.k1, params.b)
+        if self._norm_key != key:
+            avg = max(self.total_length / self.count, 1.0)
+            size = len(self.ids)
+            self._norm_cache = params.k1 * (1.0 - params.b + params.b * self.lengths[:size] / avg)
+            self._norm_key = key
+        return self._norm_cache
+
     def scores(self, terms: Sequence[str], params: type[BM25Params]) -> np.ndarray:
         """BM25 score of every slot (0 for dead slots and non-matching ones)."""
         import numpy as np
@@ -230,8 +247,7 @@ class _UserLexicon:
         total = np.zeros(size, dtype=np.float32)
         if not self.count:
             return total
-        avg = max(self.total_length / self.count, 1.0)
-        norm = params.k1 * (1.0 - params.b + params.b * self.lengths[:size] / avg)
+        norm = self._norm(params)
         alive = self.alive[:size]
         for term in dict.fromkeys(terms):  # each distinct query term once
             posting = self._posting(term)
@@ -239,12 +255,13 @@ class _UserLexicon:
                 continue
             slots, tfs = posting
             live = alive[slots]
-            df = int(live.sum())
+            df = int(np.count_nonzero(live))
             if df == 0:
                 continue
+            if df != len(slots):
+                slots, tfs = slots[live], tfs[live]
             idf = math.log(1.0 + (self.count - df + 0.5) / (df + 0.5))
             total[slots] += idf * tfs * (params.k1 + 1.0) / (tfs + norm[slots])
-        total[~alive] = 0.0
         return total
 
 
@@ -272,6 +289,30 @@ class LexicalScores:
             lexicon.add(_as_document(document))
         return cls(lexicon, lexicon.scores(tokenize(query), params))
 
+    @property
+    def slot_of(self) -> Mapping[int, int]:
+        """Fact id -> slot of the current facts (slots index :attr:`documents`)."""
+        return self._slot_of
+
+    @property
+    def documents(self) -> Sequence[Document]:
+        """The indexed documents by slot (dead slots included)."""
+        return self._lexicon.documents
+
+    def slot_by_source(self, source_message_id: int) -> int | None:
+        """The slot of the current fact stored from a given message, or None."""
+        return self._lexicon.by_source.get(source_message_id)
+
+    def at_slots(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 scores (float64) and valid-from microseconds of these slots."""
+        import numpy as np
+
+        scores = self._scores
+        inside = slots < len(scores)
+        bm25 = np.zeros(len(slots), dtype=np.float64)
+        bm25[inside] = scores[slots[inside]]
+        return bm25, self._lexicon.valid_us[slots]
+
     def document(self, fact_id: int) -> Document | None:
         """The indexed document of a current fact, or None."""
         slot = self._slot_of.get(int(fact_id))
@@ -290,11 +331,16 @@ class LexicalScores:
         return float(self._scores[slot])
 
     def top(self, k: int) -> tuple[list[int], list[float]]:
-        """The k best-scoring facts with a positive score, best first (ties by id)."""
+        """The k best-scoring facts with a positive score, best first (ties by id).
+
+        Which of several facts tied at the k-th score make the cut is numpy's
+        ``argpartition``'s choice over the whole score array (kept as it is, so rankings
+        stay those the fusion weights were tuned with).
+        """
         import numpy as np
 
         scores = self._scores
-        positive = int(np.count_nonzero(scores > 0))
+        positive = int(np.count_nonzero(scores))
         k = min(k, positive)
         if k <= 0:
             return [], []

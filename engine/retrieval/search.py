@@ -37,8 +37,12 @@ from engine.retrieval.fusion import (
     Candidate,
     FusionWeights,
     QueryFeatures,
+    Signals,
     fuse,
+    mentions_time,
+    named_speakers,
     query_features,
+    score,
 )
 from engine.retrieval.lexical import Document, LexicalIndex, LexicalScores
 from engine.storage.records import fact_from_row
@@ -257,54 +261,101 @@ class Searcher:
         Both indexes hold exactly the user's current facts, so with no scope or
         filter to apply, candidates, neighbours and fusion need no SQL, and the hits
         come from the lexical index's documents too; DuckDB is asked only when a
-        write is landing (see :meth:`_indexed_facts`).
+        write is landing (see :meth:`_indexed_facts`). The pool is scored as columns
+        (:func:`engine.retrieval.fusion.score`); candidate objects are made only for
+        the hits returned.
         """
+        import numpy as np
+
         weights = self._weights(request)
-        sims = dict(zip(vec_ids, vec_sims, strict=True))
-        vec_rank = {fact_id: rank for rank, fact_id in enumerate(vec_ids, start=1)}
-        lex_rank = {fact_id: rank for rank, fact_id in enumerate(lex_ids, start=1)}
-        documents: dict[int, Document] = {}
+        slot_of, documents = lexical.slot_of, lexical.documents
+        slots: list[int] = []
+        row_of: dict[int, int] = {}
         for fact_id in dict.fromkeys([*vec_ids, *lex_ids]):
-            document = lexical.document(fact_id)
-            if document is not None:
-                documents[fact_id] = document
-        expanded: dict[int, int] = {}
-        links: dict[int, list[int]] = {}
+            slot = slot_of.get(fact_id)
+            if slot is not None:
+                row_of[fact_id] = len(slots)
+                slots.append(slot)
+        retrieved = len(slots)
+        links: list[list[int]] = [[] for _ in range(retrieved)]
+        expanded_from: list[int] = []  # row of the hit each expanded row came from
         if weights.neighbour > 0:
-            for fact_id, document in list(documents.items()):
+            for row in range(retrieved):
+                document = documents[slots[row]]
                 if document.source_message_id is None:
                     continue
                 for delta in (-1, 1):
-                    other = lexical.by_source(document.source_message_id + delta)
-                    if other is None or other.valid_from != document.valid_from:
+                    other_slot = lexical.slot_by_source(document.source_message_id + delta)
+                    if other_slot is None:
                         continue
-                    links.setdefault(fact_id, []).append(other.fact_id)
-                    if other.fact_id not in documents:
-                        documents[other.fact_id] = other
-                        expanded[other.fact_id] = fact_id
-                        links.setdefault(other.fact_id, []).append(fact_id)
-        missing = [i for i in documents if i not in sims and i not in expanded]
+                    other = documents[other_slot]
+                    if other.valid_from != document.valid_from:
+                        continue
+                    other_row = row_of.get(other.fact_id)
+                    if other_row is None:
+                        other_row = row_of[other.fact_id] = len(slots)
+                        slots.append(other_slot)
+                        links.append([row])
+                        expanded_from.append(row)
+                    links[row].append(other_row)
+        n = len(slots)
+        slot_array = np.asarray(slots, dtype=np.int64)
+        ids = np.asarray([documents[s].fact_id for s in slots], dtype=np.int64)
+        similarity = np.zeros(n, dtype=np.float64)
+        sims = dict(zip(vec_ids, vec_sims, strict=True))
+        missing = []
+        for row in range(retrieved):
+            sim = sims.get(int(ids[row]))
+            if sim is None:
+                missing.append(row)
+            else:
+                similarity[row] = sim
         if missing:
-            found, matrix = self.index.vectors(request.user_id, missing)
-            sims.update(zip(found, (matrix @ vector).tolist(), strict=True))
-        pool = [
-            Candidate(fact_id=i, text=d.text, metadata=d.names,
-                      valid_from=d.valid_from or _EPOCH, similarity=sims.get(i, 0.0),
-                      bm25=lexical.get(i), vector_rank=vec_rank.get(i),
-                      lexical_rank=lex_rank.get(i), neighbours=links.get(i, []),
-                      expanded_from=expanded.get(i))
-            for i, d in documents.items()
-        ]
-        ranked = fuse(pool, request.features(), weights, explain=request.explain)
-        wanted = ranked[: request.k + 4]  # a few spare in case one was retired just now
-        facts = self._indexed_facts(request, lexical, [c.fact_id for c in wanted])
+            found, matrix = self.index.vectors(request.user_id, ids[missing].tolist())
+            if found:
+                found_rows = [row_of[i] for i in found]
+                similarity[found_rows] = matrix @ vector
+        neighbours = np.full((n, 2), -1, dtype=np.int64)
+        for row, linked in enumerate(links):
+            neighbours[row, : len(linked)] = linked
+        bm25, valid_us = lexical.at_slots(slot_array)
+        features = request.features()
+        asks_when = features.asks_when and weights.time > 0
+        pool_documents = [documents[s] for s in slots]
+        signals = Signals(
+            ids=ids, similarity=similarity, bm25=bm25, valid_from_us=valid_us,
+            expanded=np.arange(n) >= retrieved,
+            named=np.asarray([bool(weights.name and d.names and named_speakers(d.names,
+                                                                               features))
+                              for d in pool_documents], dtype=bool),
+            timely=np.asarray([asks_when and mentions_time(d.text) for d in pool_documents],
+                              dtype=bool),
+            neighbours=neighbours,
+        )
+        scored = score(signals, weights)
+        wanted = scored.order[: request.k + 4].tolist()  # spares: one may be retired just now
+        facts = self._indexed_facts(request, lexical, [int(ids[row]) for row in wanted])
+        vec_rank = {fact_id: rank for rank, fact_id in enumerate(vec_ids, start=1)}
+        lex_rank = {fact_id: rank for rank, fact_id in enumerate(lex_ids, start=1)}
         hits = []
-        for candidate in wanted:
-            fact = facts.get(candidate.fact_id)
+        for row in wanted:
+            fact = facts.get(int(ids[row]))
             if fact is None:
                 continue
-            hits.append(_hit(fact, candidate.score,
-                             self._explain(request, fact, candidate, "hybrid")))
+            explain = None
+            if request.explain:
+                document = pool_documents[row]
+                candidate = Candidate(
+                    fact_id=fact.id, text=document.text, metadata=document.names,
+                    valid_from=document.valid_from or _EPOCH,
+                    similarity=float(similarity[row]), bm25=float(bm25[row]),
+                    vector_rank=vec_rank.get(fact.id), lexical_rank=lex_rank.get(fact.id),
+                    expanded_from=(int(ids[expanded_from[row - retrieved]])
+                                   if row >= retrieved else None),
+                    base=float(scored.base[row]), score=float(scored.score[row]))
+                candidate.parts = scored.parts(row, signals, features, candidate)
+                explain = self._explain(request, fact, candidate, "hybrid")
+            hits.append(_hit(fact, float(scored.score[row]), explain))
             if len(hits) == request.k:
                 break
         return hits

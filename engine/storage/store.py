@@ -590,7 +590,7 @@ class Store:
         with self._lock:
             table = self._con.execute(
                 f"SELECT id, embedding FROM facts WHERE id IN {id_list(fact_ids)}",
-            ).fetch_arrow_table()
+            ).to_arrow_table()
         return _ids_and_matrix(table, self.dim, np)
 
     def current_vectors(self, user_id: str) -> tuple[list[int], np.ndarray]:
@@ -601,7 +601,7 @@ class Store:
             table = self._con.execute(
                 f"SELECT id, embedding FROM facts WHERE user_id = ? AND {CURRENT} ORDER BY id",
                 [user_id],
-            ).fetch_arrow_table()
+            ).to_arrow_table()
         return _ids_and_matrix(table, self.dim, np)
 
     # ---- events ----------------------------------------------------------------------
