@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from dspy.lm15 import Request, Response
 
 __all__ = [
+    "CHAT_SLOT",
     "EngineStats",
     "LlamaCppEngine",
     "LlamaServerEngine",
@@ -70,6 +71,7 @@ __all__ = [
     "import_dspy",
     "make_lm",
     "model_fingerprint",
+    "resolve_gguf",
     "resolve_kv_dir",
     "schema_adapter",
 ]
@@ -81,6 +83,8 @@ _INSTALL_HINT = (
     "llama-cpp-python is not installed: run `make install` (scripts/install.sh builds it with "
     "the CPU flags these machines need; a plain `pip install llama-cpp-python` may crash)"
 )
+CHAT_SLOT = "chat"
+"""The context key of :meth:`LlamaCppEngine.chat_stream` (extraction keys are prompt hashes)."""
 _SUPPORTED_PARAMS = frozenset({"response_format", "temperature", "max_tokens", "stop", "seed"})
 
 
@@ -239,6 +243,20 @@ def resolve_kv_dir(value: str | Path | Literal[False] | None = None) -> Path | N
     return Path(value).expanduser()
 
 
+def resolve_gguf(model: str | Path | None = None) -> tuple[Path, str]:
+    """The GGUF file and display name for a model argument: a manifest name (None: the
+    manifest's default LM) or a path to a ``.gguf`` file (named by its stem)."""
+    from engine.backends import models
+
+    if model is None:
+        model = models.default_model("lm").name
+    text = str(model)
+    if isinstance(model, Path) or text.endswith(".gguf") or "/" in text:
+        path = check_gguf(text)
+        return path, path.stem
+    return models.resolve_model_path(text, "gguf"), text
+
+
 def model_fingerprint(path: str | Path) -> str:
     """A cheap identity of a model file's content: its size and the SHA-256 of its first
     4 MiB (the GGUF header and metadata, the first tensors) and last 1 MiB."""
@@ -368,10 +386,11 @@ class LlamaCppEngine:
         self._contexts[key] = generator
         return generator
 
-    def load(self) -> None:
-        """Load the weights now (otherwise the first call does)."""
+    def load(self, slot: str = "") -> None:
+        """Load the weights now (otherwise the first call does), into the context ``slot``
+        (:data:`CHAT_SLOT` for :meth:`chat_stream`)."""
         with self._lock:
-            self._context("")
+            self._context(slot)
 
     @property
     def loaded(self) -> bool:
@@ -462,6 +481,34 @@ class LlamaCppEngine:
             usage=Usage(input_tokens=out.prompt_tokens, output_tokens=out.completion_tokens,
                         cache_read_tokens=out.reused_tokens),
         )
+
+    def chat_stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """A free-text chat answer to ``messages`` (OpenAI-style), piece by piece as the
+        model writes it (llama-cpp-python's ``create_chat_completion(stream=True)``).
+
+        It runs on a context of its own (:data:`CHAT_SLOT`), so the extraction prompt's
+        KV cache stays warm, and holds the engine's lock until the answer ends: a
+        background extraction waits for it, and it waits for one in progress.
+        """
+        with self._lock:
+            llm = self._context(CHAT_SLOT).llm
+            try:
+                chunks = llm.create_chat_completion(
+                    messages=messages, stream=True, max_tokens=max_tokens,
+                    temperature=temperature, seed=self.seed if seed is None else seed)
+                for chunk in chunks:
+                    piece = (chunk["choices"][0].get("delta") or {}).get("content")
+                    if piece:
+                        yield piece
+            except ValueError as exc:  # llama-cpp-python reports a full context this way
+                raise ModelError(f"{self.name} could not answer: {exc}") from exc
 
     def stream(self, request: Request) -> Iterator[Any]:
         """The completed response as stream events (generation itself is not incremental)."""
