@@ -278,7 +278,8 @@ class LlamaCppEngine:
     early with :class:`ModelError`; the weights load on the first call. ``n_threads``
     defaults to every core this process may use; ``n_gpu_layers`` to -1 when llama.cpp
     reports GPU offload support, else 0. ``slots`` contexts are kept, one per distinct
-    system prompt, so that alternating programs each reuse their prompt prefix.
+    system prompt, so that alternating programs each reuse their prompt prefix (each is a
+    llama.cpp model of its own; with ``slots=1`` every program and the chat share one).
     ``kv_cache_dir`` keeps the KV state of each prompt's static prefix on disk for the
     next process (see :func:`resolve_kv_dir` for the default; ``False`` disables it), at
     most ``kv_cache_files`` files, least recently used removed first.
@@ -376,12 +377,16 @@ class LlamaCppEngine:
         if key in self._contexts:
             self._contexts.move_to_end(key)
             return self._contexts[key]
-        if len(self._contexts) >= self.slots:
-            _, old = self._contexts.popitem(last=False)
-            old.llm.close()
         from engine.backends.llamagen import Generator
 
-        llm = self._load()
+        if len(self._contexts) >= self.slots:
+            # the least recently used context is taken over (its KV cache is replaced by
+            # the new prompt's): loading the model again would cost seconds, and
+            # llama-cpp-python silences stdout process-wide while it loads
+            _, old = self._contexts.popitem(last=False)
+            llm = old.llm
+        else:
+            llm = self._load()
         generator = Generator(llm, prefix_store=self._prefix_store)
         self._contexts[key] = generator
         return generator
@@ -493,12 +498,18 @@ class LlamaCppEngine:
         """A free-text chat answer to ``messages`` (OpenAI-style), piece by piece as the
         model writes it (llama-cpp-python's ``create_chat_completion(stream=True)``).
 
-        It runs on a context of its own (:data:`CHAT_SLOT`), so the extraction prompt's
-        KV cache stays warm, and holds the engine's lock until the answer ends: a
-        background extraction waits for it, and it waits for one in progress.
+        It runs on the context used last (the extraction's, say), or on a new one
+        (:data:`CHAT_SLOT`) when none is loaded: every context is a llama.cpp model of its
+        own, and a second one costs its own copy of the repacked weights
+        (``python -m benchmarks chat``), while the extraction's static prefix, evicted by
+        a chat prompt, comes back from its saved KV state. It holds the engine's lock until
+        the answer ends: a background extraction waits for it, and it waits for one.
         """
         with self._lock:
-            llm = self._context(CHAT_SLOT).llm
+            if self._contexts:
+                llm = next(reversed(self._contexts.values())).llm
+            else:
+                llm = self._context(CHAT_SLOT).llm
             try:
                 chunks = llm.create_chat_completion(
                     messages=messages, stream=True, max_tokens=max_tokens,

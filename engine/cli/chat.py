@@ -6,10 +6,12 @@ becomes the system prompt, the answer streams token by token
 background (``add(..., wait=False)``) and what it taught the memory is printed in a dim
 line once the extraction is done (checked before each prompt, so typing never waits).
 
-One model serves both jobs: the chat answers on the extractor's own engine, in a context
-of its own over the same memory-mapped weights, and the engine's lock takes turns between
-an answer and a background extraction. ``--raw`` stores each user message as one fact,
-with no extraction (answers still come from the LM).
+One model serves both jobs: the chat answers on the extractor's own engine, with one
+llama.cpp context (``slots=1``; a second context would be a second copy of the model's
+weights, ``python -m benchmarks chat``), and the engine's lock takes turns between an answer
+and a background extraction. The extraction prompt's static prefix, replaced in the KV
+cache by a chat prompt, comes back from its saved KV state. ``--raw`` stores each user
+message as one fact, with no extraction (answers still come from the LM).
 
 Commands: ``/memory`` (numbered current facts), ``/history`` (recent changes),
 ``/forget N`` (delete the N-th fact of the last ``/memory``), ``/context`` (the exact
@@ -279,14 +281,14 @@ def _open_engine(lm: str | None, infer: bool) -> tuple[Any, LlamaCppEngine]:
     from engine.backends.models import default_model
 
     try:
-        if infer:
-            from engine.extract.programs import DspyExtractor
-
-            extractor = DspyExtractor(model=lm)
-            assert isinstance(extractor.engine, LlamaCppEngine)
-            return extractor, extractor.engine
         path, name = resolve_gguf(lm)
-        return None, LlamaCppEngine(path, name=name)
+        # one context for both jobs: a second would be a second copy of the model
+        engine = LlamaCppEngine(path, name=name, slots=1, max_tokens=384)
+        if not infer:
+            return None, engine
+        from engine.extract.programs import DspyExtractor
+
+        return DspyExtractor(engine=engine), engine
     except ModelNotInstalledError as exc:
         name = lm or default_model("lm").name
         raise ModelNotInstalledError(
