@@ -3,7 +3,8 @@
 Names: ``latency``, ``recall``, ``compare`` (side by side with mem0), ``locomo``
 (LoCoMo evidence retrieval), ``lexical_options`` (how the lexical index was chosen),
 ``extraction`` (fact extraction quality and speed per GGUF model), ``reliability``
-(crash, erasure and network evidence) and ``all``
+(crash, erasure and network evidence), ``chat`` (the chat's memory and answer speed,
+``context`` latency) and ``all``
 (latency, recall, compare, locomo in turn; ``--quick`` is passed on to those that
 take it).
 """
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "lexical_options": "benchmarks.lexical_options",
     "extraction": "benchmarks.extraction",
     "reliability": "benchmarks.reliability",
+    "chat": "benchmarks.chat",
 }
 ALL = ("latency", "recall", "compare", "locomo")
 TAKES_QUICK = {"latency", "recall", "compare"}

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from dspy.lm15 import Request, Response
 
 __all__ = [
+    "CHAT_SLOT",
     "EngineStats",
     "LlamaCppEngine",
     "LlamaServerEngine",
@@ -70,6 +71,7 @@ __all__ = [
     "import_dspy",
     "make_lm",
     "model_fingerprint",
+    "resolve_gguf",
     "resolve_kv_dir",
     "schema_adapter",
 ]
@@ -81,6 +83,8 @@ _INSTALL_HINT = (
     "llama-cpp-python is not installed: run `make install` (scripts/install.sh builds it with "
     "the CPU flags these machines need; a plain `pip install llama-cpp-python` may crash)"
 )
+CHAT_SLOT = "chat"
+"""The context key of :meth:`LlamaCppEngine.chat_stream` (extraction keys are prompt hashes)."""
 _SUPPORTED_PARAMS = frozenset({"response_format", "temperature", "max_tokens", "stop", "seed"})
 
 
@@ -239,6 +243,20 @@ def resolve_kv_dir(value: str | Path | Literal[False] | None = None) -> Path | N
     return Path(value).expanduser()
 
 
+def resolve_gguf(model: str | Path | None = None) -> tuple[Path, str]:
+    """The GGUF file and display name for a model argument: a manifest name (None: the
+    manifest's default LM) or a path to a ``.gguf`` file (named by its stem)."""
+    from engine.backends import models
+
+    if model is None:
+        model = models.default_model("lm").name
+    text = str(model)
+    if isinstance(model, Path) or text.endswith(".gguf") or "/" in text:
+        path = check_gguf(text)
+        return path, path.stem
+    return models.resolve_model_path(text, "gguf"), text
+
+
 def model_fingerprint(path: str | Path) -> str:
     """A cheap identity of a model file's content: its size and the SHA-256 of its first
     4 MiB (the GGUF header and metadata, the first tensors) and last 1 MiB."""
@@ -260,7 +278,8 @@ class LlamaCppEngine:
     early with :class:`ModelError`; the weights load on the first call. ``n_threads``
     defaults to every core this process may use; ``n_gpu_layers`` to -1 when llama.cpp
     reports GPU offload support, else 0. ``slots`` contexts are kept, one per distinct
-    system prompt, so that alternating programs each reuse their prompt prefix.
+    system prompt, so that alternating programs each reuse their prompt prefix (each is a
+    llama.cpp model of its own; with ``slots=1`` every program and the chat share one).
     ``kv_cache_dir`` keeps the KV state of each prompt's static prefix on disk for the
     next process (see :func:`resolve_kv_dir` for the default; ``False`` disables it), at
     most ``kv_cache_files`` files, least recently used removed first.
@@ -358,20 +377,25 @@ class LlamaCppEngine:
         if key in self._contexts:
             self._contexts.move_to_end(key)
             return self._contexts[key]
-        if len(self._contexts) >= self.slots:
-            _, old = self._contexts.popitem(last=False)
-            old.llm.close()
         from engine.backends.llamagen import Generator
 
-        llm = self._load()
+        if len(self._contexts) >= self.slots:
+            # the least recently used context is taken over (its KV cache is replaced by
+            # the new prompt's): loading the model again would cost seconds, and
+            # llama-cpp-python silences stdout process-wide while it loads
+            _, old = self._contexts.popitem(last=False)
+            llm = old.llm
+        else:
+            llm = self._load()
         generator = Generator(llm, prefix_store=self._prefix_store)
         self._contexts[key] = generator
         return generator
 
-    def load(self) -> None:
-        """Load the weights now (otherwise the first call does)."""
+    def load(self, slot: str = "") -> None:
+        """Load the weights now (otherwise the first call does), into the context ``slot``
+        (:data:`CHAT_SLOT` for :meth:`chat_stream`)."""
         with self._lock:
-            self._context("")
+            self._context(slot)
 
     @property
     def loaded(self) -> bool:
@@ -462,6 +486,40 @@ class LlamaCppEngine:
             usage=Usage(input_tokens=out.prompt_tokens, output_tokens=out.completion_tokens,
                         cache_read_tokens=out.reused_tokens),
         )
+
+    def chat_stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """A free-text chat answer to ``messages`` (OpenAI-style), piece by piece as the
+        model writes it (llama-cpp-python's ``create_chat_completion(stream=True)``).
+
+        It runs on the context used last (the extraction's, say), or on a new one
+        (:data:`CHAT_SLOT`) when none is loaded: every context is a llama.cpp model of its
+        own, and a second one costs its own copy of the repacked weights
+        (``python -m benchmarks chat``), while the extraction's static prefix, evicted by
+        a chat prompt, comes back from its saved KV state. It holds the engine's lock until
+        the answer ends: a background extraction waits for it, and it waits for one.
+        """
+        with self._lock:
+            if self._contexts:
+                llm = next(reversed(self._contexts.values())).llm
+            else:
+                llm = self._context(CHAT_SLOT).llm
+            try:
+                chunks = llm.create_chat_completion(
+                    messages=messages, stream=True, max_tokens=max_tokens,
+                    temperature=temperature, seed=self.seed if seed is None else seed)
+                for chunk in chunks:
+                    piece = (chunk["choices"][0].get("delta") or {}).get("content")
+                    if piece:
+                        yield piece
+            except ValueError as exc:  # llama-cpp-python reports a full context this way
+                raise ModelError(f"{self.name} could not answer: {exc}") from exc
 
     def stream(self, request: Request) -> Iterator[Any]:
         """The completed response as stream events (generation itself is not incremental)."""

@@ -461,11 +461,13 @@ def demo(ctx: click.Context, keep: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from engine.cli.chat import chat
     from engine.cli.lm_cmd import serve_lm
     from engine.cli.mcp_cmd import mcp
     from engine.cli.models_cmd import models
 
     cli.add_command(mcp)
+    cli.add_command(chat)
     cli.add_command(models)
     cli.add_command(serve_lm)
 

@@ -30,7 +30,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from engine.errors import EngineError, ExtractionError, ModelError
+from engine.errors import ExtractionError, ModelError
 from engine.extract import ExtractedFact, KnownFact, Turn
 from engine.extract.dates import date_hints, stated_date
 from engine.extract.salience import worth_extracting
@@ -288,32 +288,12 @@ class DspyExtractor:
         if engine is not None:
             return str(getattr(engine, "name", "engine")), make_lm(
                 engine, max_tokens=self.max_tokens), engine
-        from engine.backends import models
+        from engine.backends.lm import resolve_gguf
 
-        if model is None:
-            model = models.default_model("lm").name
-        path, name = self._resolve(model)
+        path, name = resolve_gguf(model)
         engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=n_threads, name=name,
                                 max_tokens=self.max_tokens)
         return name, make_lm(engine, max_tokens=self.max_tokens), engine
-
-    @staticmethod
-    def _resolve(model: str | Path) -> tuple[Path, str]:
-        from engine.backends import models
-
-        text = str(model)
-        looks_like_path = isinstance(model, Path) or text.endswith(".gguf") or "/" in text
-        if looks_like_path:
-            from engine.backends.lm import check_gguf
-
-            path = check_gguf(text)
-            return path, path.stem
-        try:
-            return models.resolve_model_path(text, "gguf"), text
-        except ModelError:
-            raise
-        except EngineError as exc:  # pragma: no cover - defensive: keep one error family
-            raise ModelError(str(exc)) from exc
 
     def load_program(self, path: str | Path) -> None:
         """Load a compiled program (demos, instructions) saved by ``program.save``.
