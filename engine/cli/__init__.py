@@ -438,8 +438,10 @@ def demo(ctx: click.Context, keep: bool) -> None:
 def _register_subcommands() -> None:
     from engine.cli.lm_cmd import serve_lm
     from engine.cli.models_cmd import models
+    from engine.cli.serve_cmd import serve
 
     cli.add_command(models)
+    cli.add_command(serve)
     cli.add_command(serve_lm)
 
 

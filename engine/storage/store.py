@@ -8,14 +8,19 @@ is detected and rebuilt instead of trusted.
 
 All SQL lives here. Changes to facts happen in a unit of work,
 :meth:`Store.write` (see :mod:`engine.storage.writes`), which runs inside
-:meth:`Store.transaction`; reads may happen anywhere. A single connection is
-guarded by a re-entrant lock so one ``Memory`` can be shared by threads.
+:meth:`Store.transaction`; reads may happen anywhere. The main connection is
+guarded by a re-entrant lock so one ``Memory`` can be shared by threads: writes are
+serialized on it, and a read that finds it busy (another thread writing or reading)
+runs on one of a few reader cursors instead, so reads from many threads (a server's
+searches) run concurrently and never wait for a write. A reader cursor sees the last
+committed state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +49,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CURRENT", "FACT_COLUMNS", "NewEvent", "NewFact", "Store", "WriteTx", "content_hash",
            "id_list"]
+
+READER_CURSORS = 4
+"""Extra DuckDB cursors for reads that find the main connection busy."""
 
 CHECKPOINT_THRESHOLD = "256MB"
 """WAL size at which DuckDB checkpoints a store opened for writing."""
@@ -176,11 +184,18 @@ class Store:
             # instead of 11.8 s (hashing embedder, batches of 1,000); close still checkpoints.
             self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._migrate(embedder_identity, dim, read_only)
+        # Made now, while no other thread uses the connection.
+        self._readers: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._all_readers = [self._con.cursor() for _ in range(READER_CURSORS)]
+        for reader in self._all_readers:
+            self._readers.put(reader)
 
     # ---- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._all_readers:
+                reader.close()
             self._con.close()
 
     def _meta(self, key: str) -> str | None:
@@ -312,9 +327,21 @@ class Store:
         self._commit_listeners.append(listener)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run a read query and return all rows."""
-        with self._lock:
-            return self._con.execute(sql, params or []).fetchall()
+        """Run a read query and return all rows.
+
+        On the main connection when it is free or this thread holds it (a read inside
+        a transaction sees its own writes), else on a reader cursor.
+        """
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._con.execute(sql, params or []).fetchall()
+            finally:
+                self._lock.release()
+        reader = self._readers.get()
+        try:
+            return reader.execute(sql, params or []).fetchall()
+        finally:
+            self._readers.put(reader)
 
     # ---- messages --------------------------------------------------------------------
 
@@ -613,7 +640,9 @@ class Store:
     def generation(self, user_id: str) -> int:
         """The user's index generation, read from the store (and remembered)."""
         with self._lock:
-            rows = self.query("SELECT generation FROM index_state WHERE user_id = ?", [user_id])
+            rows = self._con.execute(
+                "SELECT generation FROM index_state WHERE user_id = ?", [user_id]
+            ).fetchall()
             generation = int(rows[0][0]) if rows else 0
             self._generations[user_id] = generation
         return generation
