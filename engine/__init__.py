@@ -28,7 +28,7 @@ from engine.errors import (
     TooLargeError,
     VectorIndexError,
 )
-from engine.types import AddResult, Event, Fact, Message, SearchHit
+from engine.types import AddResult, Context, Event, Fact, Message, SearchHit
 
 if TYPE_CHECKING:
     from engine.backends.embed import HashingEmbedder, SentenceTransformerEmbedder
@@ -40,6 +40,7 @@ __all__ = [
     "AddResult",
     "AuthenticationError",
     "ChecksumMismatchError",
+    "Context",
     "EmbedderMismatchError",
     "EngineError",
     "Event",

@@ -33,6 +33,7 @@ from engine.extract import Extractor
 from engine.ingest.maintain import Decision, apply_decisions
 from engine.ingest.pipeline import PendingMessage, decide
 from engine.ingest.worker import BackgroundWorker
+from engine.retrieval.context import APPROXIMATE, TokenCounter, build_context
 from engine.retrieval.filters import compile_filters, validate_filters
 from engine.retrieval.index import HnswParams, VectorIndex
 from engine.retrieval.search import Searcher, SearchRequest, as_user_query, valid_at_sql
@@ -40,12 +41,13 @@ from engine.storage.records import EVENT_COLUMNS, event_from_row, fact_from_row
 from engine.storage.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash, id_list
 from engine.storage.writes import IndexChange
 from engine.timeutil import TimeLike, now_utc, to_storage
-from engine.types import AddResult, Event, Fact, SearchHit
+from engine.types import AddResult, Context, Event, Fact, SearchHit
 from engine.validate import (
     InputMessage,
     check_fact_id,
     check_k,
     check_limit,
+    check_max_tokens,
     check_metadata,
     check_scope,
     check_text,
@@ -606,6 +608,43 @@ class Memory:
         )
         vector = self.embedder.embed_query(request.query)
         return self.searcher.search(request, vector)
+
+    def context(
+        self,
+        query: str,
+        *,
+        user_id: str,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        max_tokens: int = 1000,
+        as_of: TimeLike | None = None,
+        k: int = 20,
+    ) -> Context:
+        """The block of memories to put in a prompt about ``query``, within ``max_tokens``.
+
+        It holds the ``k`` most relevant current facts (or those true at ``as_of``),
+        about the user first, then about each person the user knows, each with the date
+        it became true and what was true before it (:mod:`engine.retrieval.context`).
+        Tokens are counted with the local LM's tokenizer when this Memory has loaded one,
+        else approximated; ``Context.token_count`` says which.
+        """
+        budget = check_max_tokens(max_tokens)
+        hits = self.search(query, user_id=user_id, agent_id=agent_id, run_id=run_id, k=k,
+                           as_of=as_of)
+        return build_context(
+            self.store, hits, user_id=check_scope(user_id)[0], max_tokens=budget,
+            counter=self.token_counter(),
+            as_of=None if as_of is None else to_storage(as_of, name="as_of"),
+        )
+
+    def token_counter(self) -> TokenCounter:
+        """How ``context`` counts tokens: the tokenizer of the local LM when this Memory's
+        extractor has loaded one, else the documented approximation."""
+        engine = getattr(self._extractor, "engine", None)
+        if engine is not None and getattr(engine, "loaded", False) and hasattr(
+                engine, "count_tokens"):
+            return TokenCounter(engine.count_tokens, f"llama tokenizer ({engine.name})")
+        return APPROXIMATE
 
     def export(
         self, path: str | Path, *, user_id: str | None = None, embeddings: bool = True

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-__all__ = ["AddResult", "Event", "Fact", "Message", "SearchHit"]
+__all__ = ["AddResult", "Context", "Event", "Fact", "Message", "SearchHit"]
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
@@ -187,3 +189,24 @@ class AddResult(_Record):
             ):
                 seen[event.fact_id] = None
         return list(seen)
+
+
+@dataclass(frozen=True)
+class Context(_Record):
+    """The memory block an application puts in its prompt, from ``Memory.context``.
+
+    ``text`` is the block itself (empty when nothing relevant is known), ``facts`` the
+    facts shown in it, in the order shown. ``tokens`` is the size of ``text`` as counted by
+    ``token_count`` (the local LM's own tokenizer when a model is loaded, else an
+    approximation), never more than ``max_tokens``. ``truncated`` says whether relevant
+    facts (or their earlier versions) were left out to fit. ``as_of`` is the time the
+    block describes (None: now).
+    """
+
+    text: str
+    facts: list[Fact]
+    tokens: int
+    max_tokens: int
+    token_count: str
+    truncated: bool
+    as_of: datetime | None

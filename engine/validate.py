@@ -12,10 +12,11 @@ from engine.config import MAX_TEXT_CHARS
 from engine.errors import InvalidInputError, ScopeRequiredError, TooLargeError
 from engine.timeutil import TimeLike, to_storage
 
-__all__ = ["InputMessage", "check_fact_id", "check_k", "check_limit", "check_metadata",
-           "check_scope", "check_text", "normalise_messages"]
+__all__ = ["InputMessage", "check_fact_id", "check_k", "check_limit", "check_max_tokens",
+           "check_metadata", "check_scope", "check_text", "normalise_messages"]
 
 MAX_ID_CHARS = 256
+MAX_CONTEXT_TOKENS = 1_000_000
 ROLES = ("user", "assistant", "system", "tool")
 
 
@@ -92,6 +93,17 @@ def check_limit(limit: Any) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
     return limit
+
+
+def check_max_tokens(max_tokens: Any) -> int:
+    """A token budget: an integer from 1 to MAX_CONTEXT_TOKENS."""
+    if (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+            or not 1 <= max_tokens <= MAX_CONTEXT_TOKENS):
+        raise InvalidInputError(
+            f"max_tokens must be an integer from 1 to {MAX_CONTEXT_TOKENS:,} (the prompt's "
+            f"budget for memories, e.g. 1000), got {max_tokens!r}"
+        )
+    return max_tokens
 
 
 def check_fact_id(fact_id: Any) -> int:

@@ -306,6 +306,8 @@ class LlamaCppEngine:
         self._contexts: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()
         self._closed = False
+        self._vocab: Any = None
+        self._vocab_lock = threading.Lock()
 
     # -- loading
 
@@ -374,6 +376,33 @@ class LlamaCppEngine:
     @property
     def loaded(self) -> bool:
         return bool(self._contexts)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is for this model (no BOS, special tokens as text).
+
+        It uses a vocabulary-only copy of the model (no weights, no context), so counting
+        never waits for a generation in progress and never touches its KV cache.
+        """
+        with self._vocab_lock:
+            if self._closed:
+                raise ModelError("this LlamaCppEngine was closed")
+            if self._vocab is None:
+                try:
+                    import llama_cpp
+                    from llama_cpp._internals import LlamaModel
+                except ImportError as exc:
+                    raise ModelError(_INSTALL_HINT) from exc
+                params = llama_cpp.llama_model_default_params()
+                params.vocab_only = True
+                try:
+                    self._vocab = LlamaModel(path_model=str(self.model_path), params=params,
+                                             verbose=self.verbose)
+                except (ValueError, RuntimeError, OSError) as exc:
+                    raise ModelError(
+                        f"llama.cpp could not read the vocabulary of {self.model_path}: {exc}"
+                    ) from exc
+            return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False,
+                                            special=False))
 
     # -- the engine contract
 
@@ -447,6 +476,10 @@ class LlamaCppEngine:
                 generator.llm.close()
             self._contexts.clear()
             self._closed = True
+        with self._vocab_lock:
+            if self._vocab is not None:
+                self._vocab.close()
+                self._vocab = None
 
     def __repr__(self) -> str:
         return f"LlamaCppEngine({str(self.model_path)!r}, n_threads={self.n_threads})"

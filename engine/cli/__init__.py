@@ -247,6 +247,31 @@ def search(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str |
          text=table(rows, headers, wrap_column=2) if hits else "no matching facts")
 
 
+@cli.command(name="context")
+@scope_options
+@click.argument("query")
+@click.option("--max-tokens", default=1000, show_default=True,
+              help="Token budget of the block (approximated: 4 characters per token).")
+@click.option("--as-of", "as_of", help="What was true at this date/time instead of now.")
+@click.option("-k", "--limit", "k", default=20, show_default=True,
+              help="How many relevant facts to consider.")
+@json_option
+@click.pass_context
+def context_(ctx: click.Context, user_id: str, agent_id: str | None, run_id: str | None,
+             query: str, max_tokens: int, as_of: str | None, k: int, as_json: bool) -> None:
+    """Print the memory block for a prompt about QUERY: the relevant facts, grouped,
+    with when each became true and what was true before."""
+    with open_memory(ctx) as memory, engine_errors():
+        block = memory.context(query, user_id=user_id, agent_id=agent_id, run_id=run_id,
+                               max_tokens=max_tokens, as_of=as_of, k=k)
+    emit(block.to_dict(), as_json=as_json, text=block.text or f"(nothing remembered about "
+         f"{user_id} that fits {block.max_tokens} tokens)")
+    if not as_json:  # on stderr, so that stdout is exactly the block
+        click.echo(f"({block.tokens} of {block.max_tokens} tokens, {block.token_count}"
+                   f"{'; less relevant facts left out to fit' if block.truncated else ''})",
+                   err=True)
+
+
 @cli.command()
 @click.argument("fact_id", type=int)
 @json_option
