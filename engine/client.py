@@ -29,7 +29,7 @@ import httpx
 
 from engine.errors import EngineError, ServerError
 from engine.timeutil import TimeLike
-from engine.types import AddResult, Event, Fact, SearchHit
+from engine.types import AddResult, Context, Event, Fact, SearchHit
 
 __all__ = ["MemoryClient"]
 
@@ -286,6 +286,22 @@ class MemoryClient:
                 "as_of": _time(as_of), "explain": explain}
         data = self._json("POST", "/v1/search", json=_drop_none(body))
         return [SearchHit.from_dict(h) for h in data["results"]]
+
+    def context(
+        self,
+        query: str,
+        *,
+        user_id: str,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        max_tokens: int = 1000,
+        as_of: TimeLike | None = None,
+        k: int = 20,
+    ) -> Context:
+        """The prompt-ready block of memories about ``query``, within ``max_tokens``."""
+        body = {"query": query, "user_id": user_id, "agent_id": agent_id, "run_id": run_id,
+                "max_tokens": max_tokens, "as_of": _time(as_of), "k": k}
+        return Context.from_dict(self._json("POST", "/v1/context", json=_drop_none(body)))
 
     # ---- exchange and service --------------------------------------------------------
 

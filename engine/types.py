@@ -210,3 +210,17 @@ class Context(_Record):
     token_count: str
     truncated: bool
     as_of: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Context:
+        """The block back from :meth:`to_dict`'s output, its facts as :class:`Fact`."""
+        as_of = data.get("as_of")
+        return cls(
+            text=data["text"],
+            facts=[Fact.from_dict(f) for f in data.get("facts", [])],
+            tokens=int(data["tokens"]),
+            max_tokens=int(data["max_tokens"]),
+            token_count=data["token_count"],
+            truncated=bool(data["truncated"]),
+            as_of=None if as_of is None else datetime.fromisoformat(as_of),
+        )

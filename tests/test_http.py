@@ -33,7 +33,7 @@ from engine.errors import (
 from engine.extract import ExtractedFact
 from engine.extract.scripted import ScriptedExtractor
 from engine.memory import Memory
-from engine.types import AddResult, Event, Fact, SearchHit
+from engine.types import AddResult, Context, Event, Fact, SearchHit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,10 @@ def test_client_answers_what_memory_answers(served: tuple[Memory, MemoryClient])
     restored = client.restore(lisbon)
     assert restored == memory.get(restored.id) and restored.is_current
     assert client.timeline("maria") == memory.timeline("maria")
+    block = client.context("what does maria drink?", user_id="maria", max_tokens=200)
+    assert block == memory.context("what does maria drink?", user_id="maria", max_tokens=200)
+    assert isinstance(block, Context) and "green tea" in block.text
+    assert all(isinstance(f, Fact) for f in block.facts) and block.tokens <= 200
     at = memory.get(coffee).recorded_at
     assert client.known_at("maria", at) == memory.known_at("maria", at)
     assert client.stats()["current_facts"] == memory.stats()["current_facts"] == 2
@@ -183,6 +187,7 @@ def test_two_users_never_cross(served: tuple[Memory, MemoryClient], tmp_path: Pa
     no_bob(client.search("bob likes bananas blueberries", user_id="alice", k=50))
     no_bob(client.get_all("alice", include_history=True))
     no_bob(client.timeline("alice"))
+    no_bob(client.context("what does bob like?", user_id="alice").to_dict())
     no_bob(client.known_at("alice", "2100-01-01"))
     no_bob(client.history(alice_fact, user_id="alice"))
     no_bob(client.versions(alice_fact, user_id="alice"))

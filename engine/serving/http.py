@@ -44,6 +44,7 @@ from engine.serving.schemas import (
     MAX_ID,
     MAX_LIMIT,
     AddRequest,
+    ContextRequest,
     MessageIn,
     PurgeRequest,
     ReasonRequest,
@@ -243,6 +244,14 @@ def create_app(
                              run_id=body.run_id, k=body.k, filters=body.filters,
                              as_of=body.as_of, explain=body.explain)
         return {"results": [hit.to_dict() for hit in hits]}
+
+    @v1.post("/context", tags=["read"])
+    def context(body: ContextRequest) -> dict[str, Any]:
+        """The prompt-ready block of memories about the query (``Memory.context``)."""
+        block = memory.context(body.query, user_id=body.user_id, agent_id=body.agent_id,
+                               run_id=body.run_id, max_tokens=body.max_tokens,
+                               as_of=body.as_of, k=body.k)
+        return block.to_dict()
 
     @v1.get("/memories", tags=["read"])
     def get_all(
