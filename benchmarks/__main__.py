@@ -2,7 +2,8 @@
 
 Names: ``latency``, ``recall``, ``compare`` (side by side with mem0), ``locomo``
 (LoCoMo evidence retrieval), ``lexical_options`` (how the lexical index was chosen),
-``extraction`` (fact extraction quality and speed per GGUF model) and ``all``
+``extraction`` (fact extraction quality and speed per GGUF model), ``serve`` (the HTTP
+API beside in-process calls) and ``all``
 (latency, recall, compare, locomo in turn; ``--quick`` is passed on to those that
 take it).
 """
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "locomo": "benchmarks.locomo",
     "lexical_options": "benchmarks.lexical_options",
     "extraction": "benchmarks.extraction",
+    "serve": "benchmarks.serve",
 }
 ALL = ("latency", "recall", "compare", "locomo")
 TAKES_QUICK = {"latency", "recall", "compare"}

@@ -89,46 +89,17 @@ def minilm() -> object:
     return SentenceTransformerEmbedder(path, name="minilm", device="cpu")
 
 
-class LiveServer:
-    """A real uvicorn serving an ASGI app on a free loopback port, in a thread."""
-
-    def __init__(self, app: object) -> None:
-        import socket
-        import threading
-
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",  # type: ignore[arg-type]
-                                lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        import time
-
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
-def serve_app() -> Iterator[Callable[..., LiveServer]]:
+def serve_app() -> Iterator[Callable[..., object]]:
     """Start real uvicorn servers for ``create_app(memory, **options)``; stopped at the end."""
-    servers: list[LiveServer] = []
+    from engine.serving.thread import ThreadedServer
 
-    def start(memory: Memory, **options: object) -> LiveServer:
+    servers: list[ThreadedServer] = []
+
+    def start(memory: Memory, **options: object) -> ThreadedServer:
         from engine.serving.http import create_app
 
-        server = LiveServer(create_app(memory, **options))  # type: ignore[arg-type]
+        server = ThreadedServer(create_app(memory, **options))  # type: ignore[arg-type]
         servers.append(server)
         return server
 

@@ -383,11 +383,9 @@ def test_serve_refuses_a_public_address_without_a_key() -> None:
 
 
 def test_memengine_serve_starts_and_serves(tmp_path: Path) -> None:
-    import socket
+    from engine.serving.thread import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "engine", "--db", str(tmp_path / "m.duckdb"), "--embedder",
          "hashing", "serve", "--port", str(port), "--log-level", "warning"],

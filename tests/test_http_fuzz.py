@@ -31,14 +31,13 @@ def _ndjson(ctx: Any, value: Any) -> bytes:
 
 @pytest.fixture
 def fuzz_url(tmp_path: Path) -> Iterator[str]:
-    from conftest import LiveServer
-
     from engine.serving.http import create_app
+    from engine.serving.thread import ThreadedServer
 
     memory = Memory(tmp_path / "memory.duckdb", embedder=HashingEmbedder(64), infer=False,
                     extractor=ScriptedExtractor())
     memory.add(["I love coffee", "I live in Lisbon"], user_id="maria")
-    server = LiveServer(create_app(memory, api_key=KEY))
+    server = ThreadedServer(create_app(memory, api_key=KEY))
     try:
         yield server.url
     finally:
