@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
+    AuthenticationError,
     ChecksumMismatchError,
     EmbedderMismatchError,
     EngineError,
@@ -20,8 +21,11 @@ from engine.errors import (
     ModelNotInstalledError,
     SchemaVersionError,
     ScopeRequiredError,
+    ServerError,
+    StateConflictError,
     StoreError,
     StoreLockedError,
+    TooLargeError,
     VectorIndexError,
 )
 from engine.types import AddResult, Context, Event, Fact, Message, SearchHit
@@ -34,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddResult",
+    "AuthenticationError",
     "ChecksumMismatchError",
     "Context",
     "EmbedderMismatchError",
@@ -53,8 +58,11 @@ __all__ = [
     "ScopeRequiredError",
     "SearchHit",
     "SentenceTransformerEmbedder",
+    "ServerError",
+    "StateConflictError",
     "StoreError",
     "StoreLockedError",
+    "TooLargeError",
     "VectorIndexError",
     "__version__",
 ]

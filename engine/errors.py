@@ -4,7 +4,9 @@ Catch :class:`EngineError` to handle anything the engine reports. The tree::
 
     EngineError
     ├── InvalidInputError            (also ValueError)  bad text, ids, dates, filters
-    │   └── ScopeRequiredError                          user_id missing or empty
+    │   ├── ScopeRequiredError                          user_id missing or empty
+    │   ├── TooLargeError                               a text, list or upload over its limit
+    │   └── StateConflictError                          the fact's state forbids the change
     ├── FactNotFoundError            (also KeyError)    unknown fact id
     ├── StoreError                                      DuckDB problems
     │   ├── StoreLockedError                            another process holds the file
@@ -15,7 +17,9 @@ Catch :class:`EngineError` to handle anything the engine reports. The tree::
     ├── ModelError                                      model manifest, files, loading
     │   ├── ModelNotInstalledError                      a known model not yet installed
     │   └── ChecksumMismatchError                       files do not match the manifest
-    └── ExtractionError                                 the LM could not produce facts
+    ├── ExtractionError                                 the LM could not produce facts
+    └── ServerError                                     a memory server failed or is unreachable
+        └── AuthenticationError                         the server refused the API key
 
 Third-party exceptions (duckdb, hnswlib, sentence-transformers, llama.cpp) are
 translated into these at one boundary each, with ``raise ... from exc`` so the
@@ -25,6 +29,7 @@ original stays visible in tracebacks.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ChecksumMismatchError",
     "EmbedderMismatchError",
     "EngineError",
@@ -36,8 +41,11 @@ __all__ = [
     "ModelNotInstalledError",
     "SchemaVersionError",
     "ScopeRequiredError",
+    "ServerError",
+    "StateConflictError",
     "StoreError",
     "StoreLockedError",
+    "TooLargeError",
     "VectorIndexError",
 ]
 
@@ -52,6 +60,15 @@ class InvalidInputError(EngineError, ValueError):
 
 class ScopeRequiredError(InvalidInputError):
     """An operation needs a ``user_id`` (the scope every fact belongs to)."""
+
+
+class TooLargeError(InvalidInputError):
+    """A text, a list or an upload is over its size limit (split it and send the parts)."""
+
+
+class StateConflictError(InvalidInputError):
+    """The fact exists but its state forbids the change: updating or deleting a version
+    that is no longer current, restoring one that was not deleted."""
 
 
 class FactNotFoundError(EngineError, KeyError):
@@ -99,3 +116,15 @@ class ChecksumMismatchError(ModelError):
 
 class ExtractionError(EngineError):
     """The language model failed to produce valid facts for a message."""
+
+
+class ServerError(EngineError):
+    """A memory server (``memengine serve``) could not be reached or failed a request.
+
+    Raised by :class:`engine.client.MemoryClient` only; errors the server reports for
+    a request come back as the engine error the server raised.
+    """
+
+
+class AuthenticationError(ServerError):
+    """The memory server refused the request's API key (missing or wrong)."""

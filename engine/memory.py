@@ -28,7 +28,7 @@ from typing import Any
 
 from engine import config
 from engine.backends.embed import Embedder, load_embedder
-from engine.errors import EngineError, InvalidInputError, ModelError
+from engine.errors import EngineError, InvalidInputError, ModelError, StateConflictError
 from engine.extract import Extractor
 from engine.ingest.maintain import Decision, apply_decisions
 from engine.ingest.pipeline import PendingMessage, decide
@@ -38,7 +38,7 @@ from engine.retrieval.filters import compile_filters, validate_filters
 from engine.retrieval.index import HnswParams, VectorIndex
 from engine.retrieval.search import Searcher, SearchRequest, as_user_query, valid_at_sql
 from engine.storage.records import EVENT_COLUMNS, event_from_row, fact_from_row
-from engine.storage.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash
+from engine.storage.store import CURRENT, FACT_COLUMNS, NewFact, Store, content_hash, id_list
 from engine.storage.writes import IndexChange
 from engine.timeutil import TimeLike, now_utc, to_storage
 from engine.types import AddResult, Context, Event, Fact, SearchHit
@@ -340,6 +340,49 @@ class Memory:
             ],
         }
 
+    def message_status(
+        self, message_ids: Sequence[int], *, user_id: str | None = None
+    ) -> AddResult:
+        """Where messages stored by ``add(..., wait=False)`` stand: the events their
+        extraction wrote so far, the ids still ``pending`` (waiting for extraction, or
+        for a retry) and ``errors`` ("message 7 failed: ..." for one that gave up after
+        its attempts). With ``user_id``, other users' message ids count as unknown.
+
+        A caller that did not wait polls it until ``pending`` is empty.
+        """
+        ids = list(message_ids)
+        if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in ids):
+            raise InvalidInputError(
+                f"message ids must be one or more positive integers, got {ids!r}"
+            )
+        clauses = [f"id IN {id_list(ids)}"]
+        params: list[Any] = []
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(check_scope(user_id)[0])
+        rows = self.store.query(
+            f"SELECT id, status, error FROM messages WHERE {' AND '.join(clauses)} ORDER BY id",
+            params,
+        )
+        unknown = sorted(set(ids) - {int(r[0]) for r in rows})
+        if unknown:
+            raise InvalidInputError(
+                f"no message with id {', '.join(map(str, unknown))}"
+                + (f" for user {user_id!r}" if user_id is not None else "")
+                + "; pass the message_ids that add() returned"
+            )
+        events = self.store.query(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE message_id IN {id_list(ids)}"
+            " ORDER BY occurred_at, id"
+        )
+        return AddResult(
+            message_ids=list(ids),
+            events=[event_from_row(row) for row in events],
+            pending=[int(r[0]) for r in rows if r[1] == "pending"],
+            errors=[f"message {r[0]} {r[1]}: {r[2]}" for r in rows
+                    if r[1] != "processed" and r[2]],
+        )
+
     def update(
         self,
         fact_id: int,
@@ -361,7 +404,7 @@ class Memory:
         text = check_text(text)
         old = self.get(fact_id)
         if not old.is_current:
-            raise InvalidInputError(
+            raise StateConflictError(
                 f"fact {fact_id} is not current (it was "
                 f"{'superseded by ' + str(old.superseded_by) if old.superseded_by else 'deleted'})"
                 "; update the current version instead"
@@ -394,7 +437,7 @@ class Memory:
         check_fact_id(fact_id)
         fact = self.get(fact_id)
         if not fact.is_current:
-            raise InvalidInputError(f"fact {fact_id} is not current; nothing to delete")
+            raise StateConflictError(f"fact {fact_id} is not current; nothing to delete")
         with self.store.write(actor=self.actor) as tx:
             tx.retire(fact_id, fact.user_id)
             tx.event("DELETE", **_scope(fact), fact_id=fact_id, lineage_id=fact.lineage_id,
@@ -406,14 +449,14 @@ class Memory:
         check_fact_id(fact_id)
         fact = self.get(fact_id)
         if fact.is_current or fact.superseded_by is not None:
-            raise InvalidInputError(
+            raise StateConflictError(
                 f"fact {fact_id} was not deleted (it is current or was superseded)"
             )
         current = self.store.query(
             f"SELECT count(*) FROM facts WHERE lineage_id = ? AND {CURRENT}", [fact.lineage_id]
         )[0][0]
         if current:
-            raise InvalidInputError(f"fact {fact_id} already has a current version")
+            raise StateConflictError(f"fact {fact_id} already has a current version")
         _, vector = self.store.embeddings_for([fact_id])
         with self.store.write(actor=self.actor) as tx:
             (new_id,) = tx.insert(

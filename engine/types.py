@@ -1,7 +1,8 @@
 """Plain data objects the engine returns: facts, search hits, events, add results.
 
 They are frozen dataclasses with ``to_dict()`` so the CLI and exports can print
-them as JSON without knowing their fields.
+them as JSON without knowing their fields, and ``from_dict()`` so the HTTP client
+(:mod:`engine.client`) hands back the very types an in-process ``Memory`` returns.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["AddResult", "Context", "Event", "Fact", "Message", "SearchHit"]
 
@@ -26,6 +27,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+R = TypeVar("R", bound="_Record")
+
+
 class _Record:
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (datetimes as ISO 8601 strings)."""
@@ -33,6 +37,20 @@ class _Record:
             f.name: _jsonable(getattr(self, f.name))
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
         }
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        """The record back from :meth:`to_dict`'s output; keys it does not know are ignored
+        (a newer server may send more)."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if value is not None and "datetime" in str(f.type):
+                value = datetime.fromisoformat(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -151,6 +169,16 @@ class AddResult(_Record):
     pending: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AddResult:
+        """The result back from :meth:`to_dict`'s output, its events as :class:`Event`."""
+        return cls(
+            message_ids=list(data.get("message_ids", [])),
+            events=[Event.from_dict(e) for e in data.get("events", [])],
+            pending=list(data.get("pending", [])),
+            errors=list(data.get("errors", [])),
+        )
+
     @property
     def fact_ids(self) -> list[int]:
         """Ids of the facts added or updated by this call (no duplicates)."""
@@ -182,3 +210,17 @@ class Context(_Record):
     token_count: str
     truncated: bool
     as_of: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Context:
+        """The block back from :meth:`to_dict`'s output, its facts as :class:`Fact`."""
+        as_of = data.get("as_of")
+        return cls(
+            text=data["text"],
+            facts=[Fact.from_dict(f) for f in data.get("facts", [])],
+            tokens=int(data["tokens"]),
+            max_tokens=int(data["max_tokens"]),
+            token_count=data["token_count"],
+            truncated=bool(data["truncated"]),
+            as_of=None if as_of is None else datetime.fromisoformat(as_of),
+        )

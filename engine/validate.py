@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.config import MAX_TEXT_CHARS
-from engine.errors import InvalidInputError, ScopeRequiredError
+from engine.errors import InvalidInputError, ScopeRequiredError, TooLargeError
 from engine.timeutil import TimeLike, to_storage
 
 __all__ = ["InputMessage", "check_fact_id", "check_k", "check_limit", "check_max_tokens",
@@ -51,7 +51,7 @@ def check_text(text: Any, what: str = "text") -> str:
     if not stripped:
         raise InvalidInputError(f"{what} is empty; pass the text to remember")
     if len(stripped) > MAX_TEXT_CHARS:
-        raise InvalidInputError(
+        raise TooLargeError(
             f"{what} has {len(stripped):,} characters; the limit is {MAX_TEXT_CHARS:,}. "
             "Split it into several messages."
         )

@@ -104,3 +104,22 @@ def minilm() -> object:
     from engine.backends.embed import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(path, name="minilm", device="cpu")
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[..., object]]:
+    """Start real uvicorn servers for ``create_app(memory, **options)``; stopped at the end."""
+    from engine.serving.thread import ThreadedServer
+
+    servers: list[ThreadedServer] = []
+
+    def start(memory: Memory, **options: object) -> ThreadedServer:
+        from engine.serving.http import create_app
+
+        server = ThreadedServer(create_app(memory, **options))  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -24,6 +24,7 @@ import anyio
 import httpx
 from mcp import Client, StdioServerParameters
 
+from engine import errors
 from engine.extract import ExtractedFact
 from engine.extract.scripted import ScriptedExtractor
 from engine.memory import Memory
@@ -311,9 +312,35 @@ def test_engine_errors_come_back_as_tool_errors_with_their_class(make_memory) ->
             for name, args in cases:
                 result = await client.call_tool(name, args)
                 assert result.is_error, (name, args)
-                assert result.structured_content["error"] == "InvalidInputError", (name, args)
+                kind = result.structured_content["error"]
+                assert issubclass(getattr(errors, kind), errors.InvalidInputError), (name, args)
                 text = result.content[0].text  # type: ignore[union-attr]
-                assert text.startswith("InvalidInputError: "), text
+                assert text.startswith(f"{kind}: "), text
 
     run(scenario)
     assert [e.kind for e in memory.timeline("maria")] == ["ADD", "DELETE"]
+
+
+def test_served_mcp_route_needs_the_servers_api_key(make_memory) -> None:  # type: ignore[no-untyped-def]
+    from engine.serving.http import create_app
+    from engine.serving.thread import ThreadedServer
+
+    memory = make_memory()
+    server = ThreadedServer(create_app(memory, api_key="s3cret", mcp_user="maria"))
+    try:
+        hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}}
+        headers = {"accept": "application/json, text/event-stream"}
+        refused = httpx.post(f"{server.url}/mcp", json=hello, headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "AuthenticationError"
+        wrong = httpx.post(f"{server.url}/mcp", json=hello,
+                           headers={**headers, "authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        allowed = httpx.post(f"{server.url}/mcp", json=hello, follow_redirects=True,
+                             headers={**headers, "authorization": "Bearer s3cret"})
+        assert allowed.status_code == 200, allowed.text
+        assert "serverInfo" in allowed.text
+    finally:
+        server.stop()

@@ -465,10 +465,12 @@ def _register_subcommands() -> None:
     from engine.cli.lm_cmd import serve_lm
     from engine.cli.mcp_cmd import mcp
     from engine.cli.models_cmd import models
+    from engine.cli.serve_cmd import serve
 
     cli.add_command(mcp)
     cli.add_command(chat)
     cli.add_command(models)
+    cli.add_command(serve)
     cli.add_command(serve_lm)
 
 

@@ -8,8 +8,12 @@ is detected and rebuilt instead of trusted.
 
 All SQL lives here. Changes to facts happen in a unit of work,
 :meth:`Store.write` (see :mod:`engine.storage.writes`), which runs inside
-:meth:`Store.transaction`; reads may happen anywhere. A single connection is
-guarded by a re-entrant lock so one ``Memory`` can be shared by threads.
+:meth:`Store.transaction`; reads may happen anywhere. The main connection is
+guarded by a re-entrant lock so one ``Memory`` can be shared by threads: writes are
+serialized on it, and a read that finds it busy (another thread writing or reading)
+runs on one of a few reader cursors instead, so reads from many threads (a server's
+searches) run concurrently and never wait for a write. A reader cursor sees the last
+committed state.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +50,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CURRENT", "FACT_COLUMNS", "NewEvent", "NewFact", "Store", "WriteTx", "content_hash",
            "id_list"]
+
+READER_CURSORS = 4
+"""Extra DuckDB cursors for reads that find the main connection busy."""
 
 CHECKPOINT_THRESHOLD = "256MB"
 """WAL size at which DuckDB checkpoints a store opened for writing."""
@@ -189,6 +197,19 @@ class Store:
         if not read_only:
             self._configure()
         self._migrate(embedder_identity, dim, read_only)
+        # Made now, while no other thread uses the connection.
+        self._readers: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._open_readers()
+
+    def _open_readers(self) -> None:
+        """Cursors on the main connection for reads while a write holds it."""
+        for _ in range(READER_CURSORS):
+            self._readers.put(self._con.cursor())
+
+    def _close_readers(self) -> None:
+        """Take every reader cursor back (waiting for those in use) and close it."""
+        for _ in range(READER_CURSORS):
+            self._readers.get().close()
 
     def _configure(self) -> None:
         # Every checkpoint rewrites the primary-key indexes whole, so at DuckDB's 16 MB
@@ -201,11 +222,14 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            if not self._closed and not self._read_only and self.path != ":memory:":
+            if self._closed:
+                return
+            if not self._read_only and self.path != ":memory:":
                 with _MIRRORS_LOCK:
                     key = str(Path(self.path).resolve())
                     _OPEN_WRITERS[key] = max(0, _OPEN_WRITERS.get(key, 1) - 1)
             self._closed = True
+            self._close_readers()
             self._con.close()
 
     def _meta(self, key: str) -> str | None:
@@ -337,9 +361,21 @@ class Store:
         self._commit_listeners.append(listener)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run a read query and return all rows."""
-        with self._lock:
-            return self._con.execute(sql, params or []).fetchall()
+        """Run a read query and return all rows.
+
+        On the main connection when it is free or this thread holds it (a read inside
+        a transaction sees its own writes), else on a reader cursor.
+        """
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._con.execute(sql, params or []).fetchall()
+            finally:
+                self._lock.release()
+        reader = self._readers.get()
+        try:
+            return reader.execute(sql, params or []).fetchall()
+        finally:
+            self._readers.put(reader)
 
     # ---- messages --------------------------------------------------------------------
 
@@ -653,7 +689,9 @@ class Store:
     def generation(self, user_id: str) -> int:
         """The user's index generation, read from the store (and remembered)."""
         with self._lock:
-            rows = self.query("SELECT generation FROM index_state WHERE user_id = ?", [user_id])
+            rows = self._con.execute(
+                "SELECT generation FROM index_state WHERE user_id = ?", [user_id]
+            ).fetchall()
             generation = int(rows[0][0]) if rows else 0
             self._generations[user_id] = generation
         return generation
@@ -724,6 +762,7 @@ class Store:
                 f"the rows were deleted but {self.path} could not be rewritten ({exc}), so "
                 "their bytes may remain in the file: free some disk space and purge again"
             ) from exc
+        self._close_readers()
         self._con.close()
         wal = Path(self.path + ".wal")
         if wal.exists():  # closing checkpointed everything; a stale WAL must not replay
@@ -735,6 +774,7 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot reopen {self.path} after the purge: {exc}") from exc
         self._configure()
+        self._open_readers()
 
     def _scalar(self, sql: str) -> Any:
         row = self._con.execute(sql).fetchone()
