@@ -157,18 +157,9 @@ class Chat:
             self._notes.put(f"could not update the memory: {exc}")
 
     def _outcome(self, message_ids: list[int]) -> list[str]:
-        from engine.storage.records import EVENT_COLUMNS, event_from_row
-        from engine.storage.store import id_list
-
-        store = self.memory.store
-        events = [event_from_row(row) for row in store.query(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE message_id IN {id_list(message_ids)}"
-            " ORDER BY occurred_at, id")]
-        lines = [_event_line(e) for e in events if e.kind != "DUPLICATE"]
-        for error, in store.query(
-                f"SELECT DISTINCT error FROM messages WHERE id IN {id_list(message_ids)}"
-                " AND status <> 'processed' AND error IS NOT NULL"):
-            lines.append(f"kept for later (extraction failed): {error}")
+        status = self.memory.message_status(message_ids)
+        lines = [_event_line(e) for e in status.events if e.kind != "DUPLICATE"]
+        lines += [f"kept for later ({error})" for error in status.errors]
         return lines
 
     def notes(self) -> list[str]:
