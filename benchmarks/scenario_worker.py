@@ -120,13 +120,27 @@ def _delta(before: dict[str, float] | None, after: dict[str, float] | None) -> d
     return {key: int(after[key] - before[key]) for key in STAT_KEYS}
 
 
-def _events(result: Any) -> list[dict[str, Any]]:
+def _events(result: Any, memory: Any = None) -> list[dict[str, Any]]:
     out = []
     for event in getattr(result, "events", None) or []:
         out.append({"kind": getattr(event, "kind", None),
                     "text": getattr(event, "new_text", None) or getattr(event, "text", None),
-                    "old_text": getattr(event, "old_text", None)})
+                    "old_text": getattr(event, "old_text", None),
+                    **_slot_of(memory, getattr(event, "fact_id", None))})
     return out
+
+
+def _slot_of(memory: Any, fact_id: Any) -> dict[str, Any]:
+    """The subject, slot, value and valid time of an event's fact, for reading failures
+    (empty for engine versions without slots)."""
+    if memory is None or fact_id is None:
+        return {}
+    try:
+        fact = memory.get(fact_id)
+    except Exception:  # an old engine, or a fact gone since: nothing to show
+        return {}
+    return {key: str(getattr(fact, key)) for key in ("subject", "slot", "value", "valid_from",
+                                                     "valid_to") if hasattr(fact, key)}
 
 
 # ------------------------------------------------------------------------- the core loop
@@ -196,7 +210,7 @@ def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: An
                 rec["turns"].append({"index": i, "at": turn["at"], "observed_at": when.isoformat(),
                                      "chars": len(turn["content"]), "wall_s": wall,
                                      **_delta(before, _snapshot(stats)),
-                                     "events": _events(result), "error": error})
+                                     "events": _events(result, memory), "error": error})
             for i, check in enumerate(scenario["checks"]):
                 rec["checks"].append(_run_check(memory, user, i, check, k, clock))
             rec["complete"] = True

@@ -52,6 +52,8 @@ class ExtractedFact:
     attribute ("home city", "pets") and ``value`` its value ("Porto"), both None when the
     model gave none. ``valid_from`` is when it became (or becomes) true when the messages
     say so ("next week" resolved to a date); None means "from when it was said".
+    ``valid_to`` is when it stopped being true, for a fact about a period that the
+    messages say has ended ("until 2014"); None for a fact that still holds.
     """
 
     text: str
@@ -60,6 +62,7 @@ class ExtractedFact:
     valid_from: datetime | None = None
     slot: str | None = None
     value: str | None = None
+    valid_to: datetime | None = None
 
 
 @runtime_checkable

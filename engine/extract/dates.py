@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
-__all__ = ["date_hints", "resolve_relative", "stated_date"]
+__all__ = ["UNKNOWN_START", "date_hints", "resolve_relative", "stated_date", "stated_period"]
 
 _WEEKDAYS = {name.lower(): i for i, name in enumerate(calendar.day_name)}
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
@@ -139,3 +139,35 @@ def date_hints(text: str, today: date) -> str:
             other = resolved.replace(year=resolved.year - 1)
             seen[expr] = f"{other.isoformat()} if past, {resolved.isoformat()} if future"
     return "\n".join(f"{k} = {v}" for k, v in seen.items()) or "none"
+
+
+UNKNOWN_START = datetime(1970, 1, 1)
+"""The valid_from of a fact that says when it ended but not when it began ("User had a
+BlackBerry until 2014"): it is taken to have held from any earlier time on."""
+
+_YEAR = r"(1[89]\d\d|20\d\d)"
+_START_YEAR = re.compile(rf"\b(?:in|since|from|during)\s+(?:early\s+|late\s+)?{_YEAR}\b",
+                         re.IGNORECASE)
+_END_YEAR = re.compile(rf"\b(until|till|up to|to|before)\s+{_YEAR}\b", re.IGNORECASE)
+
+
+def stated_period(text: str, today: date) -> tuple[date | None, date | None]:
+    """``(start, end)`` that a fact's English sentence names with years: "in 2019" or
+    "since 2019" starts on 2019-01-01; "until 2014" ends on 2015-01-01 (the whole of 2014
+    included), "before 2014" on 2014-01-01. Years after ``today`` are ignored (a plan is
+    no period), and an end only counts when it is past."""
+    start = end = None
+    for match in _START_YEAR.finditer(text):
+        year = int(match.group(1))
+        if year <= today.year:
+            start = date(year, 1, 1)
+            break
+    for match in _END_YEAR.finditer(text):
+        word, year = match.group(1).lower(), int(match.group(2))
+        if word == "to" and start is None:
+            continue  # "to 2014" only closes a "from 2010"
+        stop = date(year, 1, 1) if word == "before" else date(year + 1, 1, 1)
+        if stop <= today and (start is None or start < stop):
+            end = stop
+            break
+    return start, end

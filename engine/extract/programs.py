@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from engine.errors import ExtractionError, ModelError
 from engine.extract import ExtractedFact, KnownFact, Turn
-from engine.extract.dates import date_hints, stated_date
+from engine.extract.dates import UNKNOWN_START, date_hints, stated_date, stated_period
 from engine.extract.salience import worth_extracting
 from engine.extract.slots import (
     category_of,
@@ -183,11 +183,19 @@ def _fact_from_line(line: str, user_names: set[str], observed: date) -> Extracte
         when = None  # "from the day it was said" is what None already means
     if when is None and (said := stated_date(text, observed)) is not None and said != observed:
         when = datetime.combine(said, datetime.min.time())
+    began, ended = stated_period(text, observed)
+    if when is None and began is not None:
+        when = datetime.combine(began, datetime.min.time())
+    until = None
+    if ended is not None and (when is None or when.date() < ended):
+        until = datetime.combine(ended, datetime.min.time())
+        when = when or UNKNOWN_START
     attribute = normalise_attribute(slot) if slot.casefold() not in _EMPTY else ""
     return ExtractedFact(text=text, category=category_of(attribute or None),
                          about=normalise_subject(subject, user_names), valid_from=when,
                          slot=attribute or None,
-                         value=value if value.casefold() not in _EMPTY else None)
+                         value=value if value.casefold() not in _EMPTY else None,
+                         valid_to=until)
 
 
 def _grounded(fact: ExtractedFact, said: str) -> bool:

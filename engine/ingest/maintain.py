@@ -80,6 +80,7 @@ class Decision:
     slot: str | None = None
     value: str | None = None
     corrects: list[Ref] = field(default_factory=list)
+    valid_to: datetime | None = None
 
 
 @dataclass
@@ -165,7 +166,8 @@ def _apply(tx: WriteTx, decisions: list[Decision]) -> Applied:
         start = decision.valid_from
         newer = [t for t in targets if start < t[2]]
         older = [t for t in targets if start >= t[2]]
-        valid_to = min(t[2] for t in newer) if newer else None
+        ends = [t[2] for t in newer] + ([decision.valid_to] if decision.valid_to else [])
+        valid_to = min(ends) if ends else None
         lineage = (corrected or older or newer)[0][1] if corrected or targets else None
         # a correction replaces the old fact for all the time it claimed to be true
         begins = min([start, *(t[2] for t in corrected)])
@@ -186,8 +188,10 @@ def _apply(tx: WriteTx, decisions: list[Decision]) -> Applied:
             event(kind, decision, new_id, lineage, old_text,
                   "contradicts the earlier fact" if kind == "SUPERSEDE" else "adds detail")
         if not older and not corrected:
-            reason = (f"about an older period: valid until {valid_to.isoformat()}, newer fact kept"
-                      if valid_to is not None else "new fact")
+            reason = ("new fact" if valid_to is None else
+                      f"about a period that ended: valid until {valid_to.isoformat()}"
+                      if not newer else
+                      f"about an older period: valid until {valid_to.isoformat()}, newer fact kept")
             event("ADD", decision, new_id, lineage, None, reason)
         if valid_to is None:
             applied.added.setdefault(decision.user_id, []).append(new_id)

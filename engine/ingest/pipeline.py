@@ -80,6 +80,9 @@ GENERIC_SLOTS = frozenset({"likes", "dislikes", "hobbies"})
 """Multi-valued slots a small model uses for any preference (see ``_named_preference``)."""
 CORRECTION_WINDOW = timedelta(days=1)
 """A contradiction of a fact said this recently, naming no date of its own, corrects it."""
+NAMED_CORRECTION_WINDOW = timedelta(days=7)
+"""A contradiction this recent that names the old value ("Porto, not Lisbon"; "the 7 was
+my old one") corrects it too: a user who repeats what was wrong is correcting it."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +199,27 @@ def _is_count(value: str | None) -> bool:
     return bool(words) and bool(_NUMBER.fullmatch(words[0]))
 
 
-def _corrects(target_since: datetime, fact: ExtractedFact, message: PendingMessage) -> bool:
-    return fact.valid_from is None and \
-        timedelta(0) <= message.observed_at - target_since <= CORRECTION_WINDOW
+def _corrects(target: _Stored, fact: ExtractedFact, message: PendingMessage) -> bool:
+    """Whether ``fact`` corrects ``target`` rather than changing it: it names no date of its
+    own and contradicts a fact said within ``CORRECTION_WINDOW``, or within
+    ``NAMED_CORRECTION_WINDOW`` when the message names the old value again."""
+    if fact.valid_from is not None:
+        return False
+    gap = message.observed_at - target.valid_from
+    if gap < timedelta(0) or gap > NAMED_CORRECTION_WINDOW:
+        return False
+    return gap <= CORRECTION_WINDOW or _names_value(target.value or "", message.content)
+
+
+def _names_value(value: str, said: str) -> bool:
+    """Whether the message ``said`` names ``value``: one of its names or numbers (or, for a
+    value without any, all of its words) appears in it as a word."""
+    words = set(normalise_value(said).split())
+    marks = [set(normalise_value(m).split()) for m in specifics(value)]
+    if any(marks):
+        return any(mark and mark <= words for mark in marks)
+    wanted = set(normalise_value(value).split())
+    return bool(wanted) and wanted <= words
 
 
 def _decide_one(
@@ -226,12 +247,15 @@ def _decide_one(
         subject=subject,
         slot=slot,
         value=fact.value,
+        valid_to=fact.valid_to,
     )
     digest = content_hash(decision.text)
     same = store.current_by_hash(message.user_id, message.agent_id, message.run_id, [digest])
     if digest in same:
         decision.duplicate_of = Ref(fact_id=same[digest])
         return decision
+    if fact.valid_to is not None:
+        return decision  # a period that has ended is history: it changes no current fact
     # what this fact is compared with: the stored current facts, then this batch's
     peers: list[tuple[Ref, _Stored]] = [(Ref(fact_id=s.id), s) for s in slotted]
     for position, earlier in enumerate(batch):
@@ -245,10 +269,10 @@ def _decide_one(
             peers.append((ref, _Stored(-1, earlier.text, earlier.subject, earlier.slot,
                                        earlier.value, earlier.valid_from)))
 
-    def close(ref: Ref, since: datetime) -> None:
+    def close(ref: Ref, old: _Stored) -> None:
         if ref in decision.supersedes or ref in decision.corrects:
             return
-        (decision.corrects if _corrects(since, fact, message) else decision.supersedes).append(ref)
+        (decision.corrects if _corrects(old, fact, message) else decision.supersedes).append(ref)
 
     if slot:
         same_slot = [(ref, s) for ref, s in peers
@@ -262,7 +286,8 @@ def _decide_one(
         for ref, s in same_slot:
             if not many or (value and same_item(s.value or "", fact.value or "")) \
                     or (_is_count(s.value) and _is_count(fact.value)):
-                close(ref, s.valid_from)
+                close(ref, s)
+        _new_version(decision, peers, subject, close)
         if not same_slot:
             _same_thing(decision, peers, subject, close, store)
         if not many:
@@ -270,6 +295,33 @@ def _decide_one(
     if not decision.supersedes and not decision.corrects:
         _paraphrase(decision, store, index, message)
     return decision
+
+
+def _version_of(value: str) -> tuple[frozenset[str], tuple[str, ...]] | None:
+    """The names and the numbers of a value ("Postgres 14": ({"postgres"}, ("14",))), or
+    None when it lacks either."""
+    marks = specifics(value)
+    names = frozenset(m.casefold() for m in marks if not m[0].isdigit())
+    numbers = tuple(m for m in marks if m[0].isdigit())
+    return (names, numbers) if names and numbers else None
+
+
+def _new_version(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: str,
+                 close: Any) -> None:
+    """A value naming the same thing as a current value of the subject, with other numbers
+    ("Postgres 14" -> "Postgres 17", "Pixel 7" -> "Pixel 8"), is a new version of it,
+    whatever slot names the model gave the two; values of multi-valued slots (two races
+    of the same name) both stay."""
+    mine = _version_of(decision.value or "")
+    if mine is None:
+        return
+    for ref, stored in peers:
+        if not same_subject(stored.subject or "user", subject) or (
+                is_multi_valued(stored.slot or "") and is_multi_valued(decision.slot or "")):
+            continue
+        theirs = _version_of(stored.value or "")
+        if theirs is not None and theirs[0] == mine[0] and theirs[1] != mine[1]:
+            close(ref, stored)
 
 
 def _same_thing(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: str,
@@ -294,7 +346,7 @@ def _same_thing(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: s
     ref, stored = candidates[ids[best]]
     if float(sims[best]) >= SAME_THING_MIN_SIMILARITY and \
             _specifics(stored.text) != _specifics(decision.text):
-        close(ref, stored.valid_from)
+        close(ref, stored)
 
 
 def _named_preference(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: str,
@@ -307,7 +359,7 @@ def _named_preference(decision: Decision, peers: list[tuple[Ref, _Stored]], subj
         if stored.slot in GENERIC_SLOTS and same_subject(stored.subject or "user", subject):
             words = set(normalise_value(stored.value or "").split())
             if words and words <= said and stored.value != decision.value:
-                close(ref, stored.valid_from)
+                close(ref, stored)
 
 
 def _paraphrase(decision: Decision, store: Store, index: VectorIndex,
