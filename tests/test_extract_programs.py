@@ -272,3 +272,21 @@ def test_a_fact_that_names_its_time_gets_that_date_when_the_model_left_it_empty(
     facts = extractor.extract([Turn("user", "My sister Ana is visiting next week.", WHEN)])
     assert facts[0].valid_from == datetime(2024, 6, 19)  # said on 2024-06-12
     assert facts[1].valid_from is None  # "in January": past or future, left alone
+
+
+def test_years_in_a_fact_sentence_give_its_period() -> None:
+    from engine.extract.dates import UNKNOWN_START, stated_period
+    from engine.extract.programs import _fact_from_line
+
+    today = date(2026, 3, 12)
+    assert stated_period("User lived in Berlin in 2019", today) == (date(2019, 1, 1), None)
+    assert stated_period("User worked from 2010 to 2014 at Renfe", today) == (
+        date(2010, 1, 1), date(2015, 1, 1))
+    assert stated_period("User plans to move in 2027", today) == (None, None)
+    assert stated_period("User quit before 2020", today) == (None, date(2020, 1, 1))
+    ended = _fact_from_line("User had a BlackBerry until 2014 | user | phone | BlackBerry",
+                            set(), today)
+    assert (ended.valid_from, ended.valid_to) == (UNKNOWN_START, datetime(2015, 1, 1))
+    past = _fact_from_line("User drank four coffees a day in 2020 | user | daily drink | coffee",
+                           set(), today)
+    assert (past.valid_from, past.valid_to) == (datetime(2020, 1, 1), None)

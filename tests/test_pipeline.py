@@ -241,6 +241,55 @@ def test_a_change_weeks_later_is_not_a_correction(make_memory) -> None:  # type:
     assert [e.kind for e in result.events] == ["SUPERSEDE"]
 
 
+def test_a_contradiction_days_later_that_names_the_old_value_is_a_correction(make_memory) -> None:  # type: ignore[no-untyped-def]
+    said = {"I have a Pixel 7.": [fact("User has a Pixel 7", "phone", "Pixel 7")],
+            "Pixel 8, the 7 was my old one.": [fact("User has a Pixel 8", "phone", "Pixel 8")],
+            "Mein Handy ist ein Pixel 8.": [fact("User has a Pixel 8", "phone", "Pixel 8")]}
+    memory = make_memory(extractor=ScriptedExtractor(said), infer=True)
+    memory.add("I have a Pixel 7.", user_id="a", observed_at="2026-01-20")
+    result = memory.add("Pixel 8, the 7 was my old one.", user_id="a", observed_at="2026-01-23")
+    assert [e.kind for e in result.events] == ["CORRECT"]
+    assert [f.text for f in memory.get_all("a", as_of="2026-01-21")] == ["User has a Pixel 8"]
+    # three days later, the old value not named: a change, in valid time
+    memory.add("I have a Pixel 7.", user_id="b", observed_at="2026-01-20")
+    result = memory.add("Mein Handy ist ein Pixel 8.", user_id="b", observed_at="2026-01-23")
+    assert [e.kind for e in result.events] == ["SUPERSEDE"]
+    assert [f.text for f in memory.get_all("b", as_of="2026-01-21")] == ["User has a Pixel 7"]
+
+
+def test_the_same_thing_with_other_numbers_is_a_new_version_whatever_the_slot(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"a": [fact("User runs Postgres 14 in production", "database", "Postgres 14")],
+         "b": [fact("User's production server uses Postgres 17", "production database",
+                    "Postgres 17")],
+         "c": [fact("User ran the Porto Marathon 2024 in 3:50", "races", "Porto Marathon 2024")],
+         "d": [fact("User ran the Porto Marathon 2025 in 3:41", "races", "Porto Marathon 2025")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    memory.add("a", user_id="u", observed_at=DAY1)
+    result = memory.add("b", user_id="u", observed_at=DAY30)
+    assert [(e.kind, e.old_text) for e in result.events] == [
+        ("SUPERSEDE", "User runs Postgres 14 in production")]
+    memory.add("c", user_id="u", observed_at=DAY1)
+    result = memory.add("d", user_id="u", observed_at=DAY30)
+    assert [e.kind for e in result.events] == ["ADD"]  # two races: both stay
+
+
+def test_a_period_that_ended_is_history_and_changes_nothing_current(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"now": [fact("User's phone is an iPhone 15 Pro", "phone", "iPhone 15 Pro")],
+         "then": [fact("User had a BlackBerry until 2014", "phone", "BlackBerry",
+                       valid_to=datetime(2015, 1, 1), valid_from=datetime(1970, 1, 1))]})
+    memory = make_memory(extractor=extractor, infer=True)
+    memory.add("now", user_id="u", observed_at="2026-02-02")
+    result = memory.add("then", user_id="u", observed_at="2026-03-12")
+    assert [e.kind for e in result.events] == ["ADD"]
+    assert "ended" in (result.events[0].reason or "")
+    assert [f.text for f in memory.get_all("u")] == ["User's phone is an iPhone 15 Pro"]
+    assert [f.text for f in memory.get_all("u", as_of="2013-06-01")] == [
+        "User had a BlackBerry until 2014"]
+    assert memory.get_all("u", as_of="2020-06-01") == []
+
+
 def test_late_information_does_not_overwrite_newer_facts(make_memory) -> None:  # type: ignore[no-untyped-def]
     extractor = ScriptedExtractor(
         {"now": [fact("Maria lives in Porto", "home city", "Porto")],

@@ -208,17 +208,21 @@ def _corrects(target: _Stored, fact: ExtractedFact, message: PendingMessage) -> 
     gap = message.observed_at - target.valid_from
     if gap < timedelta(0) or gap > NAMED_CORRECTION_WINDOW:
         return False
-    return gap <= CORRECTION_WINDOW or _names_value(target.value or "", message.content)
+    return gap <= CORRECTION_WINDOW or _names_old_value(target.value or "", fact.value or "",
+                                                       message.content)
 
 
-def _names_value(value: str, said: str) -> bool:
-    """Whether the message ``said`` names ``value``: one of its names or numbers (or, for a
-    value without any, all of its words) appears in it as a word."""
+def _names_old_value(old: str, new: str, said: str) -> bool:
+    """Whether the message ``said`` names what set the ``old`` value apart from the ``new``
+    one: a name or number of the old value that the new one lacks ("the 7 was my old one"
+    for "Pixel 7" -> "Pixel 8") or, for a value without any, all of its words."""
     words = set(normalise_value(said).split())
-    marks = [set(normalise_value(m).split()) for m in specifics(value)]
-    if any(marks):
-        return any(mark and mark <= words for mark in marks)
-    wanted = set(normalise_value(value).split())
+    kept = set(normalise_value(new).split())
+    marks = [set(normalise_value(m).split()) for m in specifics(old)]
+    marks = [m for m in marks if m and not m <= kept]
+    if marks:
+        return any(mark <= words for mark in marks)
+    wanted = set(normalise_value(old).split()) - kept
     return bool(wanted) and wanted <= words
 
 
