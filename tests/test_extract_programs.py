@@ -290,3 +290,13 @@ def test_years_in_a_fact_sentence_give_its_period() -> None:
     past = _fact_from_line("User drank four coffees a day in 2020 | user | daily drink | coffee",
                            set(), today)
     assert (past.valid_from, past.valid_to) == (datetime(2020, 1, 1), None)
+
+
+def test_a_value_left_out_of_the_sentence_is_added_to_it() -> None:
+    from engine.extract.programs import _fact_from_line
+
+    today = date(2026, 5, 12)
+    fact = _fact_from_line("User's team is great | user | job | Mercadona", set(), today)
+    assert fact.text == "User's team is great (Mercadona)"
+    kept = _fact_from_line("User works at Mercadona | user | job | Mercadona", set(), today)
+    assert kept.text == "User works at Mercadona"

@@ -290,6 +290,17 @@ def test_a_period_that_ended_is_history_and_changes_nothing_current(make_memory)
     assert memory.get_all("u", as_of="2020-06-01") == []
 
 
+def test_one_message_naming_the_same_slot_and_value_twice_gives_one_fact(make_memory) -> None:  # type: ignore[no-untyped-def]
+    extractor = ScriptedExtractor(
+        {"m": [fact("User's first month at Mercadona was intense", "job", "Mercadona"),
+               fact("User's team is great (Mercadona)", "job", "Mercadona"),
+               fact("User has a cat called Miso", "pets", "Miso")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    result = memory.add("m", user_id="u", observed_at=DAY1)
+    assert [e.kind for e in result.events] == ["ADD", "DUPLICATE", "ADD"]
+    assert len(memory.get_all("u")) == 2
+
+
 def test_late_information_does_not_overwrite_newer_facts(make_memory) -> None:  # type: ignore[no-untyped-def]
     extractor = ScriptedExtractor(
         {"now": [fact("Maria lives in Porto", "home city", "Porto")],

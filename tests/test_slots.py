@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 from click.testing import CliRunner
 
 from engine import Memory
@@ -246,3 +247,33 @@ def test_a_change_still_closes_the_old_fact_in_valid_time(memory: Memory) -> Non
     assert moved.kind == "SUPERSEDE"
     assert [f.value for f in memory.get_all("maria", as_of="2026-05-10")] == ["Lisbon"]
     assert [f.value for f in memory.get_all("maria", as_of="2026-06-10")] == ["Porto"]
+
+
+def test_search_favours_facts_filed_under_the_slot_the_question_names(memory: Memory) -> None:
+    from dataclasses import replace
+
+    from engine.extract.slots import slots_asked
+
+    assert slots_asked("where does the user work?") == {"job"}
+    assert slots_asked("what is the name of the user's cat?") == {"pets"}
+    assert slots_asked("what is the user's name?") == set()
+    memory._apply([decision(memory, "User's first month at Mercadona was intense",
+                            subject="user", slot="job", value="Mercadona"),
+                   decision(memory, "User's weekends are for side projects", at=JUN1,
+                            subject="user", slot="hobbies", value="side projects")],
+                  actor="test")
+    weights = memory.searcher.weights
+    for as_of in (None, "2026-06-10"):  # the lexical index's path and the SQL path
+        scores = {}
+        for slot_weight in (weights.slot, 0.0):
+            memory.searcher.weights = replace(weights, slot=slot_weight)
+            hits = memory.search("where does the user work?", user_id="maria", as_of=as_of,
+                                 explain=True)
+            scores[slot_weight] = {h.value: h.score for h in hits}
+            signals = {h.value: h.explain["slot"] for h in hits}  # type: ignore[index]
+            assert signals["Mercadona"] == {"asked": ["job"], "slot": "job",
+                                            "contribution": slot_weight}
+            assert signals["side projects"]["contribution"] == 0.0
+        memory.searcher.weights = weights
+        boost = {v: scores[weights.slot][v] - scores[0.0][v] for v in scores[0.0]}
+        assert boost == pytest.approx({"Mercadona": 0.3, "side projects": 0.0})

@@ -2,8 +2,9 @@
 
 Small models are poor at calendar arithmetic ("next week" said on 2024-06-12). The
 extractor finds the relative expressions in the messages and gives the model their
-dates as hints ("next week = 2024-06-19"), so the model only has to copy one. English
-only; other languages get no hints (the model still sees the observation date).
+dates as hints ("next week = 2024-06-19"), so the model only has to copy one. Relative
+expressions are read in English only; past years ("Em 2016 eu morava em Manaus") are
+hinted in any language.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def stated_date(text: str, today: date) -> date | None:
 
 def date_hints(text: str, today: date) -> str:
     """Lines ``"<expression> = YYYY-MM-DD"`` for each relative expression in ``text``
-    (``"in january = 2024-01-01 if past, 2025-01-01 if future"`` when the tense decides)."""
+    (``"in january = 2024-01-01 if past, 2025-01-01 if future"`` when the tense decides),
+    and ``"2019 = 2019-01-01"`` for each past year it names."""
     seen: dict[str, str] = {}
     for match in _RE.finditer(text):
         expr = " ".join(match.group(0).lower().split())
@@ -138,6 +140,10 @@ def date_hints(text: str, today: date) -> str:
             # "in January" is past or future depending on the tense: give both.
             other = resolved.replace(year=resolved.year - 1)
             seen[expr] = f"{other.isoformat()} if past, {resolved.isoformat()} if future"
+    for match in re.finditer(r"\b(1[89]\d\d|20\d\d)\b", text):
+        year = int(match.group(1))
+        if year < today.year and match.group(1) not in seen:
+            seen[match.group(1)] = date(year, 1, 1).isoformat()  # "in 2019": any language
     return "\n".join(f"{k} = {v}" for k, v in seen.items()) or "none"
 
 

@@ -191,11 +191,23 @@ def _fact_from_line(line: str, user_names: set[str], observed: date) -> Extracte
         until = datetime.combine(ended, datetime.min.time())
         when = when or UNKNOWN_START
     attribute = normalise_attribute(slot) if slot.casefold() not in _EMPTY else ""
+    text = _with_value(text, value if value.casefold() not in _EMPTY else "")
     return ExtractedFact(text=text, category=category_of(attribute or None),
                          about=normalise_subject(subject, user_names), valid_from=when,
                          slot=attribute or None,
                          value=value if value.casefold() not in _EMPTY else None,
                          valid_to=until)
+
+
+def _with_value(text: str, value: str) -> str:
+    """The sentence, with the value's names and numbers added in brackets when the model
+    left them out of it ("User's team is great" for the value "Mercadona"): the sentence is
+    what is searched and shown, and specifics are what people ask about."""
+    sentence = text.casefold()
+    missing = [m for m in specifics(value) if m.casefold() not in sentence]
+    if not missing:
+        return text
+    return f"{text.rstrip('.')} ({value})"
 
 
 def _grounded(fact: ExtractedFact, said: str) -> bool:

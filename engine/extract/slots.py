@@ -32,6 +32,7 @@ __all__ = [
     "normalise_subject",
     "normalise_value",
     "same_subject",
+    "slots_asked",
     "vocabulary_text",
 ]
 
@@ -191,3 +192,40 @@ def same_item(old: str, new: str) -> bool:
 def vocabulary_text() -> str:
     """The vocabulary's keys as the instructions show them: ``"name, home city, ..."``."""
     return ", ".join(s.key for s in VOCABULARY)
+
+
+_QUERY_STOP = {"in", "of", "the", "a", "my", "user", "time", "status", "date", "current",
+               "main", "morning", "title", "nam", "first", "full", "body", "monthly", "operat",
+               "system", "train", "result", "lov", "lik", "hat", "favourit", "pay", "spoken",
+               "town"}
+"""Stems that name no slot in a question ("the name of the cat", "which train")."""
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _query_words() -> dict[str, str]:
+    """Stemmed word -> the one slot whose key or synonyms use it (words shared by
+    several slots, and filler words, name none)."""
+    seen: dict[str, set[str]] = {}
+    for slot in VOCABULARY:
+        for name in (slot.key, *slot.synonyms):
+            for word in _words(name):
+                if _stem(word) not in _QUERY_STOP:
+                    seen.setdefault(_stem(word), set()).add(slot.key)
+    return {word: next(iter(keys)) for word, keys in seen.items() if len(keys) == 1}
+
+
+_QUERY_WORDS = _query_words()
+_QUERY_WORDS.update({"liv": "home city", "drink": "daily drink"})
+
+
+def slots_asked(query: str) -> frozenset[str]:
+    """The vocabulary slots an English question names ("where does the user work?" ->
+    {"job"}, "what phone..." -> {"phone"}): search favours facts filed under them."""
+    return frozenset(slot for word in _words(query)
+                     if (slot := _QUERY_WORDS.get(_stem(word))) is not None)

@@ -267,6 +267,11 @@ def _decide_one(
         if content_hash(earlier.text) == digest:
             decision.duplicate_of = ref
             return decision
+        if earlier.duplicate_of is None and slot and earlier.slot == slot and \
+                normalise_value(earlier.value or "") == normalise_value(fact.value or "") and \
+                same_subject(earlier.subject or "user", subject) and fact.value:
+            decision.duplicate_of = ref  # the same slot and value twice: one fact
+            return decision
         # facts of the same message never replace each other: they were said together
         if earlier.duplicate_of is None and earlier.slot is not None \
                 and earlier.message_id != message.id:

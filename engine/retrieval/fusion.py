@@ -9,6 +9,7 @@ The fused score of a candidate fact is a weighted sum::
           + W.name    * [the fact's speaker is named in the query]
           + W.time    * [a "when" question] * [the fact mentions a time]
           + W.recency * 0.5 ** (age of the fact vs the newest candidate / half-life)
+          + W.slot    * [the fact's slot is one the query asks about ("where ... work" -> job)]
     then  + W.neighbour * (best base score of the turn just before or after it)
 
 A fact that entered the pool only as a neighbour (the turn before or after a
@@ -95,6 +96,7 @@ class FusionWeights:
     recency: float = 0.01
     recency_half_life_days: float = 180.0
     neighbour: float = 0.3
+    slot: float = 0.3
 
 
 HYBRID = FusionWeights()
@@ -102,17 +104,23 @@ HYBRID = FusionWeights()
 
 @dataclass(frozen=True)
 class QueryFeatures:
-    """What the query itself tells the fusion: names it mentions, whether it asks 'when'."""
+    """What the query itself tells the fusion: names it mentions, whether it asks 'when',
+    which slots it asks about."""
 
     words: frozenset[str]
     asks_when: bool
+    slots: frozenset[str] = frozenset()
 
 
 def query_features(query: str) -> QueryFeatures:
-    """Case-folded words of the query (to match speaker names) and its 'when'-ness."""
+    """Case-folded words of the query (to match speaker names), its 'when'-ness and the
+    slots it names (:func:`engine.extract.slots.slots_asked`)."""
+    from engine.extract.slots import slots_asked
+
     return QueryFeatures(
         words=frozenset(w.casefold() for w in _NAME_WORD.findall(query)),
         asks_when=bool(_WHEN.search(query)),
+        slots=slots_asked(query),
     )
 
 
@@ -155,6 +163,7 @@ class Candidate:
     lexical_rank: int | None = None
     neighbours: list[int] = field(default_factory=list)
     expanded_from: int | None = None  # set when it entered only as a neighbour
+    slot: str | None = None
     base: float = 0.0
     score: float = 0.0
     parts: dict[str, Any] = field(default_factory=dict)
@@ -166,9 +175,9 @@ class Signals:
 
     Row ``i`` is one candidate: ``ids`` its fact id, ``similarity`` its cosine, ``bm25``
     its BM25 score, ``valid_from_us`` its valid-from time in integer microseconds (exact
-    age arithmetic), ``expanded`` whether it entered only as a neighbour, ``named`` and
-    ``timely`` the name and time signals, and ``neighbours`` an ``(n, 2)`` matrix of the
-    rows of its neighbouring turns (-1: none).
+    age arithmetic), ``expanded`` whether it entered only as a neighbour, ``named``,
+    ``timely`` and ``slotted`` the name, time and slot signals, and ``neighbours`` an
+    ``(n, 2)`` matrix of the rows of its neighbouring turns (-1: none).
     """
 
     ids: np.ndarray
@@ -179,6 +188,7 @@ class Signals:
     named: np.ndarray
     timely: np.ndarray
     neighbours: np.ndarray
+    slotted: np.ndarray | None = None
 
 
 @dataclass
@@ -190,6 +200,7 @@ class Scored:
     name: np.ndarray
     time: np.ndarray
     recency: np.ndarray
+    slot: np.ndarray
     age_s: np.ndarray
     base: np.ndarray
     bonus: np.ndarray
@@ -215,6 +226,8 @@ class Scored:
                      "contribution": float(self.time[row])},
             "recency": {"age_days": float(self.age_s[row]) / 86400.0,
                         "contribution": float(self.recency[row])},
+            "slot": {"asked": sorted(query.slots), "slot": candidate.slot,
+                     "contribution": float(self.slot[row])},
             "neighbour": {"from": None if best < 0 else int(signals.ids[best]),
                           "contribution": float(self.bonus[row]),
                           "expanded_from": candidate.expanded_from},
@@ -253,7 +266,9 @@ def score(signals: Signals, weights: FusionWeights = HYBRID) -> Scored:
         recency = weights.recency * np.asarray(decay, dtype=np.float64)
     else:
         recency = np.zeros(n)
-    base = vector + lexical + name + time + recency
+    slot = (np.where(signals.slotted, weights.slot, 0.0)
+            if weights.slot and signals.slotted is not None else np.zeros(n))
+    base = vector + lexical + name + time + recency + slot
     padded = np.append(base, 0.0)
     around = padded[signals.neighbours] if n else np.zeros((0, 2))
     first, second = around[:, 0], around[:, 1]
@@ -265,7 +280,7 @@ def score(signals: Signals, weights: FusionWeights = HYBRID) -> Scored:
     total = base + bonus
     order = np.lexsort((signals.ids, -total))
     return Scored(vector=vector, lexical=lexical, name=name, time=time, recency=recency,
-                  age_s=age_s, base=base, bonus=bonus, score=total,
+                  slot=slot, age_s=age_s, base=base, bonus=bonus, score=total,
                   best_neighbour=best_neighbour, order=order)
 
 
@@ -292,6 +307,7 @@ def signals_of(candidates: Sequence[Candidate], query: QueryFeatures,
         timely=np.asarray([asks_when and mentions_time(c.text) for c in candidates],
                           dtype=bool),
         neighbours=neighbours,
+        slotted=np.asarray([c.slot in query.slots for c in candidates], dtype=bool),
     )
 
 

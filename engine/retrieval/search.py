@@ -331,6 +331,9 @@ class Searcher:
             timely=np.asarray([asks_when and mentions_time(d.text) for d in pool_documents],
                               dtype=bool),
             neighbours=neighbours,
+            slotted=np.asarray([bool(features.slots) and d.fact is not None
+                                and d.fact.slot in features.slots for d in pool_documents],
+                               dtype=bool),
         )
         scored = score(signals, weights)
         wanted = scored.order[: request.k + 4].tolist()  # spares: one may be retired just now
@@ -351,7 +354,7 @@ class Searcher:
                     similarity=float(similarity[row]), bm25=float(bm25[row]),
                     vector_rank=vec_rank.get(fact.id), lexical_rank=lex_rank.get(fact.id),
                     expanded_from=(int(ids[expanded_from[row - retrieved]])
-                                   if row >= retrieved else None),
+                                   if row >= retrieved else None), slot=fact.slot,
                     base=float(scored.base[row]), score=float(scored.score[row]))
                 candidate.parts = scored.parts(row, signals, features, candidate)
                 explain = self._explain(request, fact, candidate, "hybrid")
@@ -446,7 +449,7 @@ class Searcher:
                 fact_id=fact.id, text=fact.text, metadata=fact.metadata,
                 valid_from=fact.valid_from, similarity=float(row[-1]),
                 bm25=lexical.get(fact.id), vector_rank=vec_rank.get(fact.id),
-                lexical_rank=lex_rank.get(fact.id),
+                lexical_rank=lex_rank.get(fact.id), slot=fact.slot,
             ))
         return pool
 
@@ -481,7 +484,7 @@ class Searcher:
                 pool[fact.id] = (fact, Candidate(
                     fact_id=fact.id, text=fact.text, metadata=fact.metadata,
                     valid_from=fact.valid_from, similarity=float(row[-1]),
-                    bm25=lexical.get(fact.id), expanded_from=-1,
+                    bm25=lexical.get(fact.id), expanded_from=-1, slot=fact.slot,
                 ))
                 sources.setdefault(fact.source_message_id, fact)  # type: ignore[arg-type]
         for fact, candidate in pool.values():
