@@ -146,3 +146,37 @@ def test_index_grows_past_its_initial_capacity(make_memory) -> None:  # type: ig
         memory.add([f"grow {batch} {i}" for i in range(200)], user_id="u")
     assert memory.index.size("u") == 801
     assert memory.search("grow 3 199", user_id="u", k=1)[0].text == "grow 3 199"
+
+
+def test_an_index_search_hnswlib_cannot_answer_falls_back_to_the_exact_one() -> None:
+    """hnswlib raises "Cannot return the results in a contiguous 2D array" on some small
+    graphs; the search answers exactly from the vectors' copy instead of failing."""
+    import numpy as np
+
+    from engine.retrieval.index import HnswParams, _UserIndex
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(30, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = _UserIndex(16, HnswParams(), 64)
+    index.add(list(range(1, 31)), vectors)
+    index.remove([1, 2, 3])
+    expected = index.search(vectors[5], 5, None)
+
+    class Refusing:
+        """The hnswlib index as it behaves when it cannot gather k results."""
+
+        def __init__(self, real: object) -> None:
+            self.real = real
+
+        def set_ef(self, ef: int) -> None:
+            pass
+
+        def knn_query(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("Cannot return the results in a contiguous 2D array.")
+
+    index.index = Refusing(index.index)  # type: ignore[assignment]
+    ids, sims = index.search(vectors[5], 5, None)
+    assert ids == expected[0]
+    assert sims == pytest.approx(expected[1], abs=1e-5)
+    assert not {1, 2, 3} & set(ids)

@@ -147,10 +147,24 @@ class _UserIndex:
         try:
             labels, distances = self.index.knn_query(vector, k=k)
         except RuntimeError:
-            # hnswlib can fail to gather k results on tiny, heavily-deleted graphs.
+            # hnswlib can fail to gather k results on tiny, heavily-deleted graphs (or
+            # graphs of many equal vectors): a wider search, then the exact one.
             self.index.set_ef(max(count, 2 * k))
-            labels, distances = self.index.knn_query(vector, k=k)
+            try:
+                labels, distances = self.index.knn_query(vector, k=k)
+            except RuntimeError:
+                return self.exact(vector, k)
         return [int(x) for x in labels[0]], [1.0 - float(d) for d in distances[0]]
+
+    def exact(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        """The ``k`` live vectors closest to ``vector`` by exact inner product over the
+        numpy copy (hnswlib's answer when it cannot give one)."""
+        import numpy as np
+
+        ids = sorted(self.live)
+        sims = self.matrix[[self.row_of[i] for i in ids]] @ np.asarray(vector, np.float32)
+        best = np.argsort(-sims, kind="stable")[:k]
+        return [ids[i] for i in best], [float(sims[i]) for i in best]
 
 
 class VectorIndex:
