@@ -84,8 +84,8 @@ def _validation_message(problems: list[dict[str, Any]]) -> str:
 
 
 def _missing_user(problem: dict[str, Any]) -> bool:
-    loc = problem.get("loc") or ()
-    return problem.get("type") == "missing" and bool(loc) and loc[-1] == "user_id"
+    loc = tuple(problem.get("loc") or ())
+    return problem.get("type") == "missing" and loc[-1:] == ("user_id",)
 
 
 def install_error_handlers(app: FastAPI) -> None:
