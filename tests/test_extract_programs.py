@@ -272,3 +272,18 @@ def test_a_fact_that_names_its_time_gets_that_date_when_the_model_left_it_empty(
     facts = extractor.extract([Turn("user", "My sister Ana is visiting next week.", WHEN)])
     assert facts[0].valid_from == datetime(2024, 6, 19)  # said on 2024-06-12
     assert facts[1].valid_from is None  # "in January": past or future, left alone
+
+
+def test_the_assistants_words_are_context_never_a_source() -> None:
+    """The model may take the assistant's claim for the user's: a value naming what only
+    the assistant said is dropped, and a chunk with no user turn makes no call."""
+    engine = CannedEngine([_facts(
+        "User lives in Paris | user | home city | Paris",  # the assistant's guess
+        "User does not eat fish | user | diet | no fish")])
+    extractor = DspyExtractor(engine=engine, program=False, skip_chit_chat=False)
+    turns = [Turn("assistant", "You live in Paris, right? Try the fish there!", WHEN),
+             Turn("user", "I don't eat fish.", WHEN)]
+    assert [f.text for f in extractor.extract(turns)] == ["User does not eat fish"]
+    assert "Assistant: You live in Paris" in engine.requests[0].messages[-1].text  # context
+    assert extractor.extract([Turn("assistant", "You have 3 cats in Paris.", WHEN)]) == []
+    assert len(engine.requests) == 1
