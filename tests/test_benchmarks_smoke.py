@@ -120,3 +120,22 @@ def test_locomo_facts_mode_points_each_fact_back_to_its_turn(
                              ingested={"D1:1", "D1:2"})
     assert scores["lexical"]["all"]["overall"]["n"] == 1  # the D1:3 question is skipped
     assert scores["lexical"]["all"]["overall"]["recall@1"] == 1.0
+
+
+def test_serve_smoke_runs_clients_in_separate_processes(tmp_path: Path) -> None:
+    from benchmarks import serve
+
+    code = serve.main(["--facts", "30", "--requests", "8", "--concurrency", "1,2",
+                       "--embedder", "hashing", "--out", str(tmp_path)])
+    assert code == 0
+    data = _load(tmp_path / "serve.json")
+    rows = data["results"]["search"]
+    assert {(r["where"], r["clients"]) for r in rows} == {
+        (w, c) for w in serve.WHERE for c in (1, 2)}
+    assert all(r["failed"] == 0 and r["n"] == r["requests"] for r in rows)
+    assert {r["where"] for r in data["results"]["add"]} == set(serve.WHERE)
+    overhead = data["results"]["search_http_overhead_p50_ms"]
+    assert set(overhead) == {"http_processes", "http_threads"}
+    table = (tmp_path / "serve.md").read_text()
+    assert "| 2 | http_processes |" in table and data["machine"]["cpu"] in table
+    assert (tmp_path / "serve.png").stat().st_size > 0
