@@ -115,9 +115,10 @@ def install_error_handlers(app: FastAPI) -> None:
         name = "TooLargeError" if too_large else "InvalidInputError"
         if not too_large and any(_missing_user(p) for p in problems):
             name = "ScopeRequiredError"
-            message = ("user_id is required: fact and message ids are answered within one "
-                       "user (send user_id=NAME in the query or \"user_id\" in the JSON body; "
-                       f"MemoryClient methods take user_id=...). {message}")
+            message = ("user_id is required: every request, fact and message ids included, "
+                       "is answered within one user (send user_id=NAME in the query or "
+                       "\"user_id\" in the JSON body; MemoryClient methods take user_id=...). "
+                       f"{message}")
         body = error_body(name, message, detail=jsonable_encoder(problems))
         return JSONResponse(body, status_code=413 if too_large else 400)
 
