@@ -258,6 +258,23 @@ def test_real_small_model_extracts_within_the_contract() -> None:
         assert extractor.engine.stats.calls >= 1
 
 
+@pytest.mark.model
+def test_a_real_model_never_stores_the_assistants_guess(make_memory) -> None:  # type: ignore[no-untyped-def]
+    """A chat exchange through Memory.add with a real GGUF: whatever the small model reads
+    into the assistant's reply, no stored fact names the city only the assistant said."""
+    extractor = DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256)
+    memory = make_memory(extractor=extractor, infer=True)
+    result = memory.add([
+        {"role": "user", "content": "I love cooking pasta on Sundays."},
+        {"role": "assistant", "content": "You live in Paris, right? Try the bistros in Paris."},
+    ], user_id="maria")
+    assert extractor.engine.stats.calls >= 1
+    assert not any("paris" in f.text.lower() or "paris" in (f.value or "").lower()
+                   for f in memory.get_all("maria")), memory.get_all("maria")
+    assert all(f.source_message_id == result.message_ids[0] for f in memory.get_all("maria"))
+    extractor.close()
+
+
 def test_the_shipped_program_loads_for_any_model() -> None:
     extractor = DspyExtractor(engine=CannedEngine([_facts()], name="my-own-8b"))
     assert extractor.identity.startswith("dspy/my-own-8b/default@")

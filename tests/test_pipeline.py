@@ -386,7 +386,9 @@ def test_a_conversation_stores_facts_from_the_user_turns_only(make_memory) -> No
     extractor = ScriptedExtractor({
         "I love cooking": [fact("User loves cooking", "hobbies", "cooking")],
         ASSISTANT_GUESS: [fact("User lives in Paris", "home city", "Paris"),
-                          fact("User has 2 cats", "pets", "2 cats")],
+                          fact("User has 2 cats", "pets", "2 cats"),
+                          fact("User's favourite bar is a jazz bar in Paris", "favourite bar",
+                               "jazz bar")],  # the name is in the sentence only
     })
     memory = make_memory(extractor=extractor, infer=True)
     result = memory.add([{"role": "user", "content": "I love cooking"},

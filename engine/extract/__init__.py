@@ -8,8 +8,8 @@ transport) so applications can test their own code without a model.
 
 Facts come only from the user's turns (``role == "user"``, :attr:`Turn.from_user`); the
 assistant's replies, system and tool messages are context for reading them, never a source
-(:mod:`engine.extract.grounding`; whatever the extractor, the pipeline drops a fact citing
-a name or number that only the other turns said).
+(:mod:`engine.extract.grounding`; whatever the extractor, the pipeline drops a fact whose
+value or sentence cites a name or number that only the other turns said).
 
 One LM call per turn: the extractor sees the user's stored facts that are close to the
 message (:class:`KnownFact`: their text and slot, never their ids), so it reuses their slot

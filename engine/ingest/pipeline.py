@@ -12,7 +12,7 @@ For each group of messages (one scope, in order):
    model reuses their slot names.
 2. **Extract** (one LM call): facts with subject, slot and value, from the user's turns
    only; the assistant's (and system or tool) turns are context. A group with no user turn
-   is not extracted, a fact whose value names what only those other turns said is dropped
+   is not extracted, a fact whose value or sentence names what only those turns said is dropped
    (:mod:`engine.extract.grounding`), and facts are credited to the last user message.
 3. **Decide, in code** (:mod:`engine.extract.slots`): the same text as a current fact, or
    the same subject, slot and value: a duplicate (provenance only); the same subject and a

@@ -6,7 +6,8 @@ Every error answer has a JSON body ``{"error": <engine error class name>, "messa
 (:func:`error_class`). Bad input never answers 500: the status says whose move it is.
 
 =====  ==========================================================================
-400    InvalidInputError, ScopeRequiredError, ImportFormatError, a malformed request
+400    InvalidInputError, ScopeRequiredError (no user_id), ImportFormatError, a malformed
+       request
 401    AuthenticationError: no or wrong bearer token
 404    FactNotFoundError
 409    StateConflictError (the fact's state forbids it), EmbedderMismatchError,
