@@ -37,7 +37,7 @@ from benchmarks.common import (
     write_results,
 )
 
-__all__ = ["main", "run"]
+__all__ = ["bare_encode", "floor_summary", "ingest_floor", "main", "run", "search_floor"]
 
 USER = "bench-user"
 
@@ -121,7 +121,7 @@ def bare_encode(embedder: Any, text: str) -> Any:
     return embedder.embed([text])[0]
 
 
-def _floor(memory: Any, text: str, user: str) -> tuple[float, float]:
+def search_floor(memory: Any, text: str, user: str) -> tuple[float, float]:
     """Seconds of the floor of one search: a bare encode and a bare hnswlib query of the
     depth the engine asks for."""
     from engine.retrieval.search import CANDIDATES
@@ -166,7 +166,7 @@ def _search(memory: Any, queries: list[factgen.Query], fact_texts: list[str], us
     anns: list[float] = []
     hit1 = hit10 = 0
     for query in progress(queries, f"search {label}"):
-        encode_s, ann_s = _floor(memory, query.text, user)
+        encode_s, ann_s = search_floor(memory, query.text, user)
         encodes.append(encode_s)
         anns.append(ann_s)
         timer.lap()

@@ -39,7 +39,8 @@ def test_a_unit_writes_versions_events_and_generation_then_tells_the_indexes(
     assert memory.timeline("u")[-1].id == event.id
     assert memory.store.generation("u") == generation + 1
     assert seen[-1] == [IndexChange("u", generation + 1, added=[new_id],
-                                    vectors=seen[-1][0].vectors, removed=[first])]
+                                    vectors=seen[-1][0].vectors, removed=[first],
+                                    facts=[memory.get(new_id)])]
     assert [h.text for h in memory.search("goats bees", user_id="u")] == ["I keep goats"]
 
 
