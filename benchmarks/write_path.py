@@ -128,11 +128,10 @@ def _worker(args: argparse.Namespace) -> int:
     """One engine checkout (first on sys.path), one store, one measurement, as JSON."""
     sys.path.insert(0, str(args.engine_path.resolve()))
     import engine
-    from engine.backends.embed import load_embedder
-    from engine.memory import Memory
-
     from benchmarks import facts as factgen
     from benchmarks.common import cached_embeddings
+    from engine.backends.embed import load_embedder
+    from engine.memory import Memory
 
     real = load_embedder(args.embedder or default_embedder_spec(), device="cpu")
     real.embed(["warm up the model"])

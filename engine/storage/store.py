@@ -18,6 +18,7 @@ committed state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -211,6 +212,7 @@ class Store:
         self._commit_listeners: list[Callable[[list[IndexChange]], None]] = []
         self._pending_changes: list[IndexChange] = []
         self._write: WriteTx | None = None
+        self._threads: int | None = None
         if not read_only:
             self._configure()
         self._migrate(embedder_identity, dim, read_only)
@@ -234,6 +236,7 @@ class Store:
         # it (0.9 s per checkpoint at 100k facts). 256 MB: 100k facts ingest in 6.0 s
         # instead of 11.8 s (hashing embedder, batches of 1,000); close still checkpoints.
         self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        self._threads = int(self._scalar("SELECT current_setting('threads')"))
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -309,22 +312,23 @@ class Store:
                 if self._in_transaction:
                     yield self._con
                     return
-                self._con.execute("BEGIN TRANSACTION")
-                self._in_transaction = True
-                try:
-                    yield self._con
-                except BaseException:
+                with self._one_thread():
+                    self._con.execute("BEGIN TRANSACTION")
+                    self._in_transaction = True
+                    try:
+                        yield self._con
+                    except BaseException:
+                        self._in_transaction = False
+                        rolled_back = self._forget_pending_generations()
+                        self._con.execute("ROLLBACK")
+                        raise
                     self._in_transaction = False
-                    rolled_back = self._forget_pending_generations()
-                    self._con.execute("ROLLBACK")
-                    raise
-                self._in_transaction = False
-                pending = dict(self._pending_generations)
-                try:
-                    self._con.execute("COMMIT")
-                except BaseException:
-                    rolled_back = self._forget_pending_generations()
-                    raise
+                    pending = dict(self._pending_generations)
+                    try:
+                        self._con.execute("COMMIT")
+                    except BaseException:
+                        rolled_back = self._forget_pending_generations()
+                        raise
                 self._pending_generations.clear()
                 self._generations.update(pending)
                 committed, self._pending_changes = self._pending_changes, []
@@ -337,6 +341,27 @@ class Store:
         if committed:
             for on_commit in self._commit_listeners:
                 on_commit(committed)
+
+    @contextmanager
+    def _one_thread(self) -> Iterator[None]:
+        """Run a transaction on one DuckDB thread, then give reads their threads back.
+
+        A write's statements touch a few hundred rows: waking DuckDB's worker threads for
+        them costs more than they save, and on a busy machine (the embedder and other
+        processes on the same cores) an ``add`` of 100 facts ran about 20% faster with one
+        thread (``benchmarks/results/write_path.json`` measures the write path).
+        """
+        import duckdb
+
+        if self._threads is None:
+            yield
+            return
+        self._con.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute(f"SET threads = {self._threads}")
 
     @contextmanager
     def write(self, *, actor: str, recorded: datetime | None = None) -> Iterator[WriteTx]:
