@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    PrecomputedEmbedder,
     StageTimer,
     Stopwatch,
     args_config,
@@ -33,7 +34,7 @@ from benchmarks.common import (
     write_results,
 )
 
-__all__ = ["PrecomputedEmbedder", "main", "measure"]
+__all__ = ["main", "measure"]
 
 USER = "bench-user"
 _REPO = Path(__file__).resolve().parent.parent
@@ -54,34 +55,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-path", type=Path, default=_REPO, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     return p
-
-
-class PrecomputedEmbedder:
-    """An embedder that answers from precomputed vectors when it has them all, and asks
-    the real one otherwise; same identity, so a store made with it is the real one's.
-    Benchmarks use it to fill a store fast and then measure real embedding on top."""
-
-    def __init__(self, real: Any, texts: list[str], vectors: Any) -> None:
-        self.real = real
-        self._rows = {text: row for row, text in enumerate(texts)}
-        self._vectors = vectors
-
-    @property
-    def identity(self) -> str:
-        return str(self.real.identity)
-
-    @property
-    def dim(self) -> int:
-        return int(self.real.dim)
-
-    def embed(self, texts: Any) -> Any:
-        rows = [self._rows.get(t) for t in texts]
-        if rows and all(r is not None for r in rows):
-            return self._vectors[rows]
-        return self.real.embed(texts)
-
-    def embed_query(self, text: str) -> Any:
-        return self.real.embed_query(text)
 
 
 def measure(memory: Any, embedder: Any, batches: list[list[str]]) -> dict[str, Any]:

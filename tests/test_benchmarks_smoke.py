@@ -52,6 +52,20 @@ def test_latency_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "latency_ingest.png").stat().st_size > 0
 
 
+def test_latency_with_cached_vectors_embeds_the_facts_once(tmp_path: Path) -> None:
+    argv = ["--sizes", "60", "--queries", "5", "--batch", "30", "--users", "0",
+            "--synthetic", "0", "--embedder", "hashing", "--no-gpu", "--no-plots",
+            "--cached-vectors", str(tmp_path / "vec"), "--out", str(tmp_path)]
+    assert latency.main(argv) == 0
+    (cached,) = (tmp_path / "vec").glob("60-*.npy")
+    stamp = cached.stat().st_mtime_ns
+    assert latency.main(argv) == 0
+    assert cached.stat().st_mtime_ns == stamp  # read, not written again
+    (size,) = _load(tmp_path / "latency.json")["results"]["cpu"]["sizes"]
+    assert size["ingest"]["vectors_precomputed"] is True
+    assert size["search"]["floor"]["bare_encode"]["n"] == 5
+
+
 def test_recall_smoke(tmp_path: Path) -> None:
     code = recall.main(["--real", "0", "--synthetic", "400", "--queries", "10",
                         "--ms", "8", "--efs", "10,40", "--out", str(tmp_path)])
