@@ -447,15 +447,17 @@ class Store:
                 "content": pa.array(columns[5], pa.string()),
                 "metadata": pa.array([_dumps(m) for m in columns[6]], pa.string()),
                 "observed_at": pa.array(columns[7], pa.timestamp("us")),
+                "ingested_at": pa.array([ingested] * len(rows), pa.timestamp("us")),
+                "status": pa.array([status] * len(rows), pa.string()),
+                "mode": pa.array([mode] * len(rows), pa.string()),
             })
             con.register("_new_messages", table)
             try:
                 con.execute(
                     "INSERT INTO messages (id, user_id, agent_id, run_id, role, name, content,"
                     " metadata, observed_at, ingested_at, status, mode) SELECT id, user_id,"
-                    " agent_id, run_id, role, name, content, metadata, observed_at, ?, ?, ?"
-                    " FROM _new_messages",
-                    [ingested, status, mode],
+                    " agent_id, run_id, role, name, content, metadata, observed_at,"
+                    " ingested_at, status, mode FROM _new_messages"
                 )
             finally:
                 con.unregister("_new_messages")
@@ -514,8 +516,9 @@ class Store:
     def _next_ids(self, sequence: str, count: int) -> list[int]:
         if count == 0:
             return []
+        # An int literal, not a bound parameter: binding costs more than this query.
         rows = self._con.execute(
-            f"SELECT nextval('{sequence}') FROM range(?)", [count]
+            f"SELECT nextval('{sequence}') FROM range({int(count)})"
         ).fetchall()
         return [int(r[0]) for r in rows]
 
