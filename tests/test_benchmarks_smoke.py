@@ -68,11 +68,13 @@ def test_latency_with_cached_vectors_embeds_the_facts_once(tmp_path: Path) -> No
 
 def test_recall_smoke(tmp_path: Path) -> None:
     code = recall.main(["--real", "0", "--synthetic", "400", "--queries", "10",
-                        "--ms", "8", "--efs", "10,40", "--out", str(tmp_path)])
+                        "--ms", "8", "--efs", "10,40", "--ef-constructions", "40,100",
+                        "--out", str(tmp_path)])
     assert code == 0
     data = _load(tmp_path / "recall.json")
     rows = data["results"]["sweep"]
-    assert len(rows) == 2
+    assert [(r["ef_construction"], r["ef"]) for r in rows] == [(40, 10), (40, 40), (100, 10),
+                                                                (100, 40)]
     assert all(0.0 <= r["recall_at_10"] <= 1.0 for r in rows)
     assert (tmp_path / "recall.png").exists()
 

@@ -17,9 +17,9 @@ torch. The model folder is never written to (its sha256 is checked by ``models``
 (weights of the MatMul/Gemm nodes as int8 per output channel, activations quantised on
 the fly) applied once to the float export and saved beside it as :data:`INT8_FILE`.
 Per channel matters: per-tensor int8 weights moved MiniLM's vectors to a mean cosine
-of 0.96 with the float ones, per channel to 0.99. Its vectors are
-not the float ones, so an embedder using it has its own identity and its own stores;
-whether it is good enough is judged by retrieval quality in ``benchmarks/``.
+of 0.96 with the float ones, per channel to 0.99. Its vectors are not the float ones,
+so an embedder using it has its own identity and its own stores; whether it is good
+enough is judged by retrieval quality in ``benchmarks/``.
 
 Only the usual pipeline is supported: ``Transformer`` then ``Pooling`` (mean or CLS)
 then an optional ``Normalize``. Anything else raises :class:`UnsupportedModelError`, and
@@ -117,7 +117,6 @@ class OnnxEncoder:
         quantize: bool = False,
     ) -> None:
         self.folder = Path(folder)
-        self.quantized = quantize
         self.pooling, self.normalize, self.max_len = _pipeline(self.folder)
         try:
             import onnxruntime
