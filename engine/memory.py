@@ -724,7 +724,7 @@ class Memory:
                 continue
             self.index.apply(user, change.generation, add_ids=change.added,
                              add_vectors=change.vectors, remove_ids=change.removed)
-            self.searcher.on_change(user, change.generation, add_ids=change.added,
+            self.searcher.on_change(user, change.generation, added=change.facts,
                                     remove_ids=change.removed)
 
     def _drop_indexes(self, user_ids: set[str]) -> None:
