@@ -139,10 +139,13 @@ class JunkEngine:
 GOOD = json.dumps({"facts": ["User lives in Porto | user | home city | Porto"]})
 JUNK: dict[str, Callable[[int], str]] = {
     "not json": lambda n: "Sure! Here are the facts you asked for:",
+    "json cut in half": lambda n: GOOD[: len(GOOD) // 2],
+    "json cut mid-line": lambda n: GOOD[:-12],
     "no sentence": lambda n: json.dumps({"facts": [" | | | "]}),
     "wrong types": lambda n: json.dumps({"facts": {"home": ["Porto", 3, None]}}),
     "binary noise": lambda n: "\x00\ufffd\x1b[2J" * 50,
     "huge": lambda n: json.dumps({"facts": ["x" * 200_000]}),
+    "good, then cut off": lambda n: GOOD if n == 1 else '{"facts": ["User adopted a c',
 }
 
 

@@ -719,17 +719,37 @@ def make_lm(engine: Any, *, max_tokens: int = 512, temperature: float = 0.0) -> 
 
 
 def schema_adapter() -> Any:
-    """A ``dspy.JSONAdapter`` whose JSON schema keeps the output fields' constraints.
+    """A ``dspy.JSONAdapter`` whose JSON schema keeps the output fields' constraints, and
+    that refuses an answer whose JSON object is cut off.
 
     DSPy builds the schema from each output field's bare annotation and drops
     ``Annotated`` metadata such as ``Field(max_length=8)`` on a list, so a small model
     could loop, repeating list items until ``max_tokens`` cut the JSON. This adapter puts
     the metadata back (``maxItems`` and the like), so llama.cpp's grammar enforces it.
+
+    DSPy's own parser repairs broken JSON (``json_repair``): an answer cut at
+    ``max_tokens`` came back closed, its last item half a sentence ("User adopted a c"),
+    and was stored as a fact. Here an answer whose first JSON object does not parse as
+    written is a parse error, which the extractor retries and then reports.
     """
     dspy = import_dspy()
     import pydantic
+    from dspy.utils.exceptions import AdapterParseError
 
     class SchemaJSONAdapter(dspy.JSONAdapter):  # type: ignore[name-defined]
+        def parse(self, signature: Any, completion: str) -> dict[str, Any]:
+            start = completion.find("{")
+            try:
+                json.JSONDecoder().raw_decode(completion, max(start, 0))
+            except ValueError as exc:
+                raise AdapterParseError(
+                    adapter_name=type(self).__name__, signature=signature,
+                    lm_response=completion[:500],
+                    message=f"the answer is not a whole JSON object ({exc}); it may have "
+                            "been cut off at max_tokens") from exc
+            result: dict[str, Any] = super().parse(signature, completion)
+            return result
+
         def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any],
                                      signature: Any) -> None:
             super()._prepare_response_format(lm, lm_kwargs, signature)
