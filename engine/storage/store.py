@@ -18,6 +18,7 @@ committed state.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
+    DiskFullError,
     EmbedderMismatchError,
+    EngineError,
     FactNotFoundError,
     SchemaVersionError,
     StoreError,
@@ -140,8 +143,36 @@ def _loads(raw: str | None) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_DISK_FULL_WORDS = ("no space left on device", "file too large", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, or a DuckDB error quoting one) means no space is left."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(words in text for words in _DISK_FULL_WORDS)
+
+
+def disk_full_error(path: str, exc: BaseException) -> DiskFullError:
+    """The error for a write to the store at ``path`` that failed for lack of space."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DiskFullError(
+        f"no space left to write {path}: the disk is full or a file size limit was reached "
+        f"({detail}). This change was not stored; everything stored before it is intact. "
+        "Free some space (or move the store to a bigger disk with --db / MEMENGINE_DB), "
+        "then retry"
+    )
+
+
 class Store:
-    """A DuckDB database file (or ``:memory:``) holding one memory store."""
+    """A DuckDB database file (or ``:memory:``) holding one memory store.
+
+    A write that fails for lack of space raises :class:`~engine.errors.DiskFullError`
+    (the transaction rolled back); DuckDB reports it as an IO or transaction error that
+    quotes the operating system's message.
+    """
 
     def __init__(
         self,
@@ -311,6 +342,10 @@ class Store:
                 self._pending_generations.clear()
                 self._generations.update(pending)
                 committed, self._pending_changes = self._pending_changes, []
+        except Exception as exc:
+            if is_disk_full(exc) and not isinstance(exc, EngineError):
+                raise disk_full_error(self.path, exc) from exc
+            raise
         finally:
             # Outside the lock: listeners take index locks, which are held while
             # indexes load from the store.
@@ -758,7 +793,8 @@ class Store:
             _fsync(fresh)
         except (duckdb.Error, OSError) as exc:
             _remove_database_files(fresh)
-            raise StoreError(
+            cls = DiskFullError if is_disk_full(exc) else StoreError
+            raise cls(
                 f"the rows were deleted but {self.path} could not be rewritten ({exc}), so "
                 "their bytes may remain in the file: free some disk space and purge again"
             ) from exc
