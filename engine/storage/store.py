@@ -166,12 +166,28 @@ def disk_full_error(path: str, exc: BaseException) -> DiskFullError:
     )
 
 
+def not_writable_error(path: str, detail: str) -> StoreError:
+    """The error for a store whose folder or file this process may not write."""
+    return StoreError(
+        f"cannot write the store at {path} ({detail}): a store opened for writing needs a "
+        "folder it can write, for the database file, its write-ahead log and its index. "
+        "Use a writable folder (--db / MEMENGINE_DB), or open the store read-only "
+        "(Memory(path, read_only=True)) to search it"
+    )
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    return isinstance(exc, PermissionError) or "permission denied" in str(exc).lower()
+
+
 class Store:
     """A DuckDB database file (or ``:memory:``) holding one memory store.
 
     A write that fails for lack of space raises :class:`~engine.errors.DiskFullError`
     (the transaction rolled back); DuckDB reports it as an IO or transaction error that
-    quotes the operating system's message.
+    quotes the operating system's message. A folder this process may not write is refused
+    when opening for writing (DuckDB would open the file, then fail at the first commit,
+    when it creates the write-ahead log); a read-only open works there.
     """
 
     def __init__(
@@ -193,7 +209,15 @@ class Store:
                     f"no store at {self.path} yet: add something first (memengine add ...), "
                     "or pass the right --db"
                 )
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.path).parent
+            if not read_only:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise not_writable_error(self.path, f"cannot create {folder}: "
+                                             f"{exc.strerror or exc}") from exc
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise not_writable_error(self.path, f"no permission to write in {folder}")
         try:
             self._con: duckdb.DuckDBPyConnection = duckdb.connect(
                 self.path, read_only=read_only
@@ -208,6 +232,8 @@ class Store:
                     "through it (one server process for all clients). A read-only open "
                     "works once no process has it open for writing."
                 ) from exc
+            if _permission_denied(exc) and not read_only:
+                raise not_writable_error(self.path, message.splitlines()[0]) from exc
             raise StoreError(f"cannot open {self.path}: {message}") from exc
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
@@ -343,8 +369,12 @@ class Store:
                 self._generations.update(pending)
                 committed, self._pending_changes = self._pending_changes, []
         except Exception as exc:
-            if is_disk_full(exc) and not isinstance(exc, EngineError):
+            if isinstance(exc, EngineError):
+                raise
+            if is_disk_full(exc):
                 raise disk_full_error(self.path, exc) from exc
+            if _permission_denied(exc):
+                raise not_writable_error(self.path, str(exc).splitlines()[0]) from exc
             raise
         finally:
             # Outside the lock: listeners take index locks, which are held while
