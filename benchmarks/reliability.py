@@ -58,8 +58,10 @@ def crash_runs(kills: int, lm: str | None, seed: int, max_delay: float) -> dict[
             "problem_count": len(problems), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def server_runs(kills: int, clients: int, seed: int, max_delay: float) -> dict[str, Any]:
-    """``kills`` rounds of a served store killed under load, on one store."""
+def server_runs(kills: int, clients: int, seed: int, max_delay: float,
+                lm: str | None = None) -> dict[str, Any]:
+    """``kills`` rounds of a served store killed under load, on one store (with ``lm``, the
+    server extracts with that GGUF; without, inferred adds stay pending in it)."""
     work = Path(tempfile.mkdtemp(prefix="memengine-serverkill-"))
     db, acks = work / "store" / "served.duckdb", work / "served.acks"
     problems: list[str] = []
@@ -68,14 +70,15 @@ def server_runs(kills: int, clients: int, seed: int, max_delay: float) -> dict[s
     try:
         for n in progress(range(kills), total=kills, desc="server kills"):
             result = server_round(db, acks, seed=seed + n, max_delay=max_delay,
-                                  clients=clients, timeout=600)
+                                  clients=clients, lm=lm, timeout=600)
             problems += [f"kill {n}: {p}" for p in result.problems]
             pending += result.pending_on_open
             requests += result.requests
             acknowledged = result.acknowledged
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"extractor": "none in the server (inferred adds stay pending), scripted on open",
+    extractor = lm or "none in the server (inferred adds stay pending), scripted on open"
+    return {"extractor": extractor,
             "kills": kills, "clients": clients, "requests_answered": requests,
             "acknowledged_operations": acknowledged, "pending_on_open": pending,
             "problems": problems[:50], "problem_count": len(problems),
@@ -125,7 +128,9 @@ def _markdown(data: dict[str, Any]) -> str:
                      f"{crash['acknowledged_operations']} acknowledged operations checked "
                      f"| {crash['kills']} | {crash['problem_count']} lost or inconsistent |")
     for row in data["results"].get("server", []):
-        lines.append(f"| SIGKILL of `memengine serve` under load ({row['clients']} client threads, "
+        lm = "" if row["extractor"].startswith("none") else f", {row['extractor']} extracting"
+        lines.append(f"| SIGKILL of `memengine serve` under load ({row['clients']} client threads"
+                     f"{lm}, "
                      f"{row['requests_answered']:,} requests answered): kills survived, "
                      f"{row['acknowledged_operations']} acknowledged adds checked "
                      f"| {row['kills']} | {row['problem_count']} lost or inconsistent |")
@@ -169,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--purge-sizes", default="1000,10000,50000")
     parser.add_argument("--server-kills", type=int, default=20)
     parser.add_argument("--server-clients", type=int, default=4)
+    parser.add_argument("--server-lm", default=None,
+                        help="also run server kills with this GGUF extracting in the server")
+    parser.add_argument("--server-lm-kills", type=int, default=5)
     parser.add_argument("--parts", default=",".join(PARTS),
                         help="which parts to run (crash, purge, server); the others are "
                              "kept from the last results file")
@@ -200,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     if "server" in parts:
         results["server"] = [server_runs(args.server_kills, args.server_clients,
                                          args.seed + 20_000, args.max_delay)]
+        if args.server_lm:
+            results["server"].append(server_runs(
+                args.server_lm_kills, args.server_clients, args.seed + 30_000,
+                args.max_delay * 8, lm=args.server_lm))
     for part in parts:
         commands[part] = " ".join(argv or [])
     results["commands"] = commands
