@@ -4,7 +4,8 @@ Names: ``latency``, ``recall``, ``compare`` (side by side with mem0), ``locomo``
 (LoCoMo evidence retrieval), ``lexical_options`` (how the lexical index was chosen),
 ``extraction`` (fact extraction quality and speed per GGUF model), ``reliability``
 (crash, erasure and network evidence), ``chat`` (the chat's memory and answer speed,
-``context`` latency), ``serve`` (the HTTP API beside in-process calls) and ``all``
+``context`` latency), ``serve`` (the HTTP API beside in-process calls), ``write_path``
+(a raw add's time outside the embedder, optionally beside another checkout) and ``all``
 (latency, recall, compare, locomo in turn; ``--quick`` is passed on to those that
 take it).
 """
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "reliability": "benchmarks.reliability",
     "chat": "benchmarks.chat",
     "serve": "benchmarks.serve",
+    "write_path": "benchmarks.write_path",
 }
 ALL = ("latency", "recall", "compare", "locomo")
 TAKES_QUICK = {"latency", "recall", "compare"}

@@ -25,8 +25,11 @@ from typing import Any, TypeVar
 
 __all__ = [
     "RESULTS_DIR",
+    "VECTOR_CACHE_DIR",
+    "PrecomputedEmbedder",
     "StageTimer",
     "Stopwatch",
+    "cached_embeddings",
     "default_embedder_spec",
     "dir_size",
     "machine_info",
@@ -39,6 +42,8 @@ __all__ = [
 T = TypeVar("T")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+VECTOR_CACHE_DIR = Path(__file__).resolve().parent / ".vectors"
+"""Where :func:`cached_embeddings` keeps fact embeddings between runs (not tracked)."""
 _REPO = Path(__file__).resolve().parent.parent
 _PACKAGES = ("duckdb", "hnswlib", "numpy", "torch", "sentence-transformers", "transformers",
              "onnxruntime", "tokenizers", "memengine")
@@ -298,3 +303,64 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def cached_embeddings(embedder: Any, texts: Sequence[str], batch: int = 1000,
+                      cache_dir: Path | None = None) -> Any:
+    """Embeddings of ``texts`` by ``embedder``, computed once and kept as a ``.npy`` file.
+
+    Embedding 100k facts takes minutes on 2 cores; a benchmark that measures what the
+    engine does around the embedder (index, store, search) need not pay that on every
+    run. The file is named by a hash of the embedder's identity and every text, so a
+    different model or fact set never reads another's vectors.
+    """
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha1(embedder.identity.encode("utf-8"))
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    folder = cache_dir or VECTOR_CACHE_DIR
+    path = folder / f"{len(texts)}-{digest.hexdigest()[:20]}.npy"
+    if path.is_file():
+        vectors = np.load(path)
+        if vectors.shape == (len(texts), embedder.dim):
+            return vectors
+    vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    for start in progress(range(0, len(texts), batch), f"embed {len(texts):,} (cached)",
+                          total=-(-len(texts) // batch)):
+        vectors[start : start + batch] = embedder.embed(texts[start : start + batch])
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors
+
+
+class PrecomputedEmbedder:
+    """An embedder that answers from precomputed vectors when it has them all, and asks
+    the real one otherwise; same identity, so a store made with it is the real one's.
+    Benchmarks use it to fill a store fast and then measure real embedding on top."""
+
+    def __init__(self, real: Any, texts: list[str], vectors: Any) -> None:
+        self.real = real
+        self._rows = {text: row for row, text in enumerate(texts)}
+        self._vectors = vectors
+
+    @property
+    def identity(self) -> str:
+        return str(self.real.identity)
+
+    @property
+    def dim(self) -> int:
+        return int(self.real.dim)
+
+    def embed(self, texts: Any) -> Any:
+        rows = [self._rows.get(t) for t in texts]
+        if rows and all(r is not None for r in rows):
+            return self._vectors[rows]
+        return self.real.embed(texts)
+
+    def embed_query(self, text: str) -> Any:
+        return self.real.embed_query(text)

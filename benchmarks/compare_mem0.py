@@ -6,7 +6,11 @@ are generated; this engine (a fresh store, ``infer=False``) and mem0 (run by
 bundled MiniLM folder through sentence-transformers, local FAISS, telemetry off) ingest
 the facts in the same batches, then answer every question once. Reported per N and
 system: ingest facts/s, search p50/p95/p99 (end to end, query embedding included), hit@1
-and recall@10; and the ratios (ours faster by x, quality difference).
+and recall@10; and the ratios (ours faster by x, quality difference). Beside this
+engine's figures stand their floors, measured as the latency benchmark measures them
+(:func:`benchmarks.latency.search_floor`, :func:`benchmarks.latency.ingest_floor`): a bare
+encode of each query plus a bare hnswlib query of the same depth, and the embedder's own
+throughput on the same facts in the same batches, with the ratio to each.
 
 ``--setup`` builds ``.venv-mem0`` first (from PyPI: ``torch==2.13.0`` first so no CUDA
 wheels come, then ``mem0ai==2.2.1``, ``faiss-cpu`` and ``sentence-transformers``).
@@ -34,6 +38,7 @@ from benchmarks.common import (
     scratch_dir,
     write_results,
 )
+from benchmarks.latency import floor_summary, ingest_floor, search_floor
 
 __all__ = ["main", "run", "setup_venv"]
 
@@ -96,10 +101,15 @@ def run_ours(model: str, texts: list[str], queries: list[factgen.Query],
             total += sw.seconds
             curve.append({"store_size": start + len(chunk),
                           "facts_per_s": round(len(chunk) / sw.seconds, 1)})
+        ingest_rate = len(texts) / total
+        floor_ingest = ingest_floor(memory.embedder, texts, batch, ingest_rate)
         for text in warmup:
             memory.search(text, user_id=USER, k=10)
-        latencies, hit1, hit10 = [], 0, 0
+        latencies, encodes, anns, hit1, hit10 = [], [], [], 0, 0
         for query in progress(queries, f"ours search {len(texts):,}"):
+            encode_s, ann_s = search_floor(memory, query.text, USER)
+            encodes.append(encode_s)
+            anns.append(ann_s)
             with Stopwatch() as sw:
                 hits = memory.search(query.text, user_id=USER, k=10)
             latencies.append(sw.seconds)
@@ -110,10 +120,13 @@ def run_ours(model: str, texts: list[str], queries: list[factgen.Query],
     finally:
         memory.close()
     n = max(len(queries), 1)
+    search = percentiles(latencies)
     return {
         "ingest": {"facts": len(texts), "seconds": round(total, 3),
-                   "facts_per_s": round(len(texts) / total, 1), "curve": curve},
-        "search": percentiles(latencies),
+                   "facts_per_s": round(ingest_rate, 1), "curve": curve,
+                   "floor": floor_ingest},
+        "search": search,
+        "search_floor": floor_summary(search, encodes, anns),
         "hit_at_1": round(hit1 / n, 4),
         "recall_at_10": round(hit10 / n, 4),
         "query_backend": backend,
@@ -227,8 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plots:
         print(f"wrote {plot(results, args.out)}")
     for s in results["sizes"]:
-        line = (f"N={s['n']:,} ours: {s['ours']['ingest']['facts_per_s']} facts/s, "
-                f"p50 {s['ours']['search']['p50_ms']} ms, hit@1 {s['ours']['hit_at_1']}")
+        ours, floor = s["ours"], s["ours"]["search_floor"]
+        ingest_floor_ = ours["ingest"]["floor"]
+        line = (f"N={s['n']:,} ours: {ours['ingest']['facts_per_s']} facts/s (embedder alone "
+                f"{ingest_floor_['embedder_alone_facts_per_s']}, share "
+                f"{ingest_floor_['share_of_embedder']}), p50 {ours['search']['p50_ms']} ms "
+                f"(floor {floor['floor_p50_ms']}: encode {floor['bare_encode']['p50_ms']} + ANN "
+                f"{floor['bare_ann']['p50_ms']}; x{floor['ratio_to_floor']}, "
+                f"+{floor['overhead_p50_ms']} ms), hit@1 {ours['hit_at_1']}")
         if "mem0" in s:
             line += (f" | mem0: {s['mem0']['ingest']['facts_per_s']} facts/s, "
                      f"p50 {s['mem0']['search']['p50_ms']} ms, hit@1 {s['mem0']['hit_at_1']}"

@@ -23,9 +23,12 @@ from typing import Any
 
 from benchmarks import facts as factgen
 from benchmarks.common import (
+    VECTOR_CACHE_DIR,
+    PrecomputedEmbedder,
     StageTimer,
     Stopwatch,
     args_config,
+    cached_embeddings,
     default_embedder_spec,
     dir_size,
     percentiles,
@@ -37,7 +40,7 @@ from benchmarks.common import (
     write_results,
 )
 
-__all__ = ["main", "run"]
+__all__ = ["bare_encode", "floor_summary", "ingest_floor", "main", "run", "search_floor"]
 
 USER = "bench-user"
 
@@ -56,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gpu", action="store_true", help="skip the CUDA repeat")
     p.add_argument("--quick", action="store_true",
                    help="1k and 10k facts, 100 users x 100, 100k synthetic")
+    p.add_argument("--cached-vectors", nargs="?", type=Path, const=VECTOR_CACHE_DIR,
+                   default=None, metavar="DIR",
+                   help="fill the stores from fact embeddings computed once and cached in "
+                        "DIR (default benchmarks/.vectors): ingest then measures the engine "
+                        "without the embedder; searches still encode every query")
     p.add_argument("--out", type=Path, default=None, help="results folder")
     p.add_argument("--no-plots", action="store_true")
     return p
@@ -115,13 +123,14 @@ def _ingest(memory: Any, texts: list[str], batch: int, user: str, label: str) ->
 
 def bare_encode(embedder: Any, text: str) -> Any:
     """One query encoded by the model alone: no query cache, no engine code around it."""
+    embedder = getattr(embedder, "real", embedder)  # a PrecomputedEmbedder's model
     encoder = embedder._onnx_encoder() if hasattr(embedder, "_onnx_encoder") else None
     if encoder is not None:
         return encoder.encode_one(text)
     return embedder.embed([text])[0]
 
 
-def _floor(memory: Any, text: str, user: str) -> tuple[float, float]:
+def search_floor(memory: Any, text: str, user: str) -> tuple[float, float]:
     """Seconds of the floor of one search: a bare encode and a bare hnswlib query of the
     depth the engine asks for."""
     from engine.retrieval.search import CANDIDATES
@@ -166,7 +175,7 @@ def _search(memory: Any, queries: list[factgen.Query], fact_texts: list[str], us
     anns: list[float] = []
     hit1 = hit10 = 0
     for query in progress(queries, f"search {label}"):
-        encode_s, ann_s = _floor(memory, query.text, user)
+        encode_s, ann_s = search_floor(memory, query.text, user)
         encodes.append(encode_s)
         anns.append(ann_s)
         timer.lap()
@@ -228,11 +237,19 @@ def run_size(n: int, embedder: Any, args: argparse.Namespace, workdir: Path) -> 
     warm, queries = queries[:20], queries[20:]
     texts = [f.text for f in facts]
     path = workdir / f"n{n}.duckdb"
+    if args.cached_vectors:
+        embedder = PrecomputedEmbedder(embedder, texts, cached_embeddings(
+            embedder, texts, cache_dir=args.cached_vectors))
     rss_before = rss_mb()
     memory = _memory(path, embedder)
     try:
         ingest = _ingest(memory, texts, args.batch, USER, f"{n:,}")
-        ingest["floor"] = ingest_floor(memory.embedder, texts, args.batch, ingest["facts_per_s"])
+        if args.cached_vectors:
+            ingest["vectors_precomputed"] = True
+            ingest["floor"] = {"skipped": "vectors precomputed: ingest excludes embedding"}
+        else:
+            ingest["floor"] = ingest_floor(memory.embedder, texts, args.batch,
+                                           ingest["facts_per_s"])
         index = _index_rebuild(memory, USER)
         for query in warm:
             memory.search(query.text, user_id=USER, k=10)
@@ -507,6 +524,9 @@ def _print_summary(results: dict[str, Any]) -> None:
               f"{r['ann_recall_at_10_vs_exact']:>8} {r['rss_mb']:>8}")
     for r in results["cpu"]["sizes"]:
         f = r["ingest"]["floor"]
+        if "skipped" in f:
+            print(f"ingest {r['n']:,}: {r['ingest']['facts_per_s']} facts/s ({f['skipped']})")
+            continue
         print(f"ingest {r['n']:,}: {r['ingest']['facts_per_s']} facts/s = "
               f"{f['share_of_embedder']} of the embedder alone "
               f"({f['embedder_alone_facts_per_s']} facts/s on the same facts)")

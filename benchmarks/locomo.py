@@ -381,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--embedder", default=None, help="default: the bundled MiniLM")
+    parser.add_argument("--results-name", default="locomo",
+                        help="results file name (e.g. locomo_int8 for another embedder's run)")
     parser.add_argument("--tune", action="store_true", help="also run the weight grid")
     parser.add_argument("--latency", action="store_true", help="also time 10k/100k facts")
     parser.add_argument("--latency-only", action="store_true",
@@ -436,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "held_out_split": [c.sample for c in conversations if c.sample not in TUNE],
               "modes": {"lexical": "BM25 alone", "vector": "hnswlib MiniLM alone",
                         "hybrid": "engine default (engine.retrieval.fusion.HYBRID)"}}
-    path = write_results("locomo", config, results)
-    _plot(results, "locomo")
+    path = write_results(args.results_name, config, results)
+    _plot(results, args.results_name)
     for split in ("held_out", "all"):
         print(f"[{split}]")
         for mode in MODES:

@@ -19,6 +19,7 @@ from benchmarks import facts as factgen
 from benchmarks.common import (
     Stopwatch,
     args_config,
+    cached_embeddings,
     default_embedder_spec,
     percentiles,
     progress,
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=500)
     p.add_argument("--ms", default=",".join(map(str, MS)))
     p.add_argument("--efs", default=",".join(map(str, EFS)))
+    p.add_argument("--ef-constructions", default=None,
+                   help="build-time ef values to sweep (default: the engine's)")
     p.add_argument("--target", type=float, default=0.98, help="recall@10 the defaults must reach")
     p.add_argument("--embedder", default=None)
     p.add_argument("--quick", action="store_true", help="5k real, 20k synthetic, 200 queries")
@@ -55,29 +58,29 @@ def real_dataset(n: int, queries: int, spec: str) -> tuple[Any, Any]:
 
     embedder = load_embedder(spec, device="cpu")
     facts, qs = factgen.generate(n, queries, seed=42)
-    data = embedder.embed([f.text for f in facts])
+    data = cached_embeddings(embedder, [f.text for f in facts])
     probes = embedder.embed([q.text for q in qs])
     return data, probes
 
 
 def sweep(data: Any, probes: Any, ms: list[int], efs: list[int], label: str,
-          k: int = 10) -> list[dict[str, Any]]:
-    """Build per M, measure recall@k and latency per ef."""
+          k: int = 10, ef_constructions: list[int] | None = None) -> list[dict[str, Any]]:
+    """Build per (M, ef_construction), measure recall@k and latency per ef."""
     import hnswlib
     import numpy as np
 
     from engine.retrieval.index import HnswParams
 
-    efc = HnswParams().ef_construction
     truth = exact_top_k(data, probes, k)
     rows = []
-    for m in ms:
+    builds = [(m, efc) for m in ms for efc in ef_constructions or [HnswParams().ef_construction]]
+    for m, efc in builds:
         index = hnswlib.Index(space="ip", dim=data.shape[1])
         index.init_index(max_elements=len(data), ef_construction=efc, M=m,
                          allow_replace_deleted=True)
         with Stopwatch() as build:
             index.add_items(data, np.arange(len(data)))
-        for ef in progress(efs, f"{label} M={m}"):
+        for ef in progress(efs, f"{label} M={m} efc={efc}"):
             index.set_ef(max(ef, k))
             latencies, found = [], 0
             for row, probe in enumerate(probes):
@@ -93,14 +96,15 @@ def sweep(data: Any, probes: Any, ms: list[int], efs: list[int], label: str,
 
 
 def choose_defaults(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """The (M, ef) with the lowest worst-dataset p50 among those reaching ``target``.
+    """The (M, ef_construction, ef) with the lowest worst-dataset p50 among those reaching
+    ``target``.
 
     Only real-embedding datasets vote (synthetic vectors are reported, not chosen on).
     """
-    settings: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    settings: dict[tuple[int, int, int], list[dict[str, Any]]] = {}
     rows = [r for r in rows if not r["dataset"].startswith("synthetic")] or rows
     for row in rows:
-        settings.setdefault((row["m"], row["ef"]), []).append(row)
+        settings.setdefault((row["m"], row["ef_construction"], row["ef"]), []).append(row)
     datasets = {row["dataset"] for row in rows}
     good = [
         (max(r["latency"]["p50_ms"] for r in group), key, group)
@@ -109,8 +113,8 @@ def choose_defaults(rows: list[dict[str, Any]], target: float) -> dict[str, Any]
     ]
     if not good:
         return None
-    p50, (m, ef), group = min(good)
-    return {"m": m, "ef_search": ef, "worst_p50_ms": p50,
+    p50, (m, efc, ef), group = min(good)
+    return {"m": m, "ef_construction": efc, "ef_search": ef, "worst_p50_ms": p50,
             "recall_at_10": {r["dataset"]: r["recall_at_10"] for r in group}}
 
 
@@ -122,14 +126,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ms = [int(x) for x in str(args.ms).split(",")]
     efs = [int(x) for x in str(args.efs).split(",")]
     rows: list[dict[str, Any]] = []
+    efcs = ([int(x) for x in str(args.ef_constructions).split(",")]
+            if args.ef_constructions else None)
     if args.real:
         data, probes = real_dataset(args.real, args.queries, args.embedder
                                     or default_embedder_spec())
-        rows += sweep(data, probes, ms, efs, f"minilm-{args.real // 1000}k")
+        rows += sweep(data, probes, ms, efs, f"minilm-{args.real // 1000}k",
+                      ef_constructions=efcs)
     if args.synthetic:
         data = synthetic_vectors(args.synthetic, 384, seed=1)
         probes = synthetic_vectors(args.queries, 384, seed=2)
-        rows += sweep(data, probes, ms, efs, f"synthetic-{args.synthetic // 1000}k")
+        rows += sweep(data, probes, ms, efs, f"synthetic-{args.synthetic // 1000}k",
+                      ef_constructions=efcs)
     current = HnswParams()
     at_current = [r for r in rows if r["m"] == current.m and r["ef"] == current.ef_search]
     return {

@@ -9,8 +9,10 @@ moves between in-process and served memory by changing one line::
     memory = Memory("data/memory.duckdb")              # in-process
     memory = MemoryClient("http://127.0.0.1:8765")     # served
 
-Methods that take a fact id also take an optional ``user_id``: given, a fact of
-another user answers :class:`~engine.errors.FactNotFoundError`. The client adds
+Methods that take a fact or message id take ``user_id`` too, and the server requires it
+(:class:`~engine.errors.ScopeRequiredError` without it): a fact of another user answers
+:class:`~engine.errors.FactNotFoundError` exactly like a missing id. ``Memory`` takes the
+same optional ``user_id``, so ``get(7, user_id="maria")`` runs on both. The client adds
 :meth:`MemoryClient.health`; :class:`~engine.errors.ServerError` means the server could
 not be reached, :class:`~engine.errors.AuthenticationError` that it refused the key.
 ``transport`` is for tests and embedding (an ``httpx`` transport; None: the network).
@@ -80,6 +82,7 @@ class MemoryClient:
         self.url = url.rstrip("/")
         self.wait_timeout = wait_timeout
         self._pending_ids: list[int] = []
+        self._pending_user: str | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
                                   transport=transport, trust_env=False)
@@ -145,24 +148,29 @@ class MemoryClient:
         data = self._json("POST", "/v1/memories", json=_drop_none(body), timeout=timeout)
         result = AddResult.from_dict(data)
         self._pending_ids = list(result.pending)
+        self._pending_user = user_id
         return result
 
     def message_status(
         self, message_ids: Sequence[int], *, user_id: str | None = None
     ) -> AddResult:
-        """Where messages added without waiting stand (``pending`` empty: done)."""
+        """Where ``user_id``'s messages added without waiting stand (``pending`` empty:
+        done); the server requires ``user_id``."""
         data = self._json("GET", "/v1/messages/status",
                           params=[("ids", int(i)) for i in message_ids]
                           + list(_params(user_id=user_id).items()))
         return AddResult.from_dict(data)
 
-    def flush(self, message_ids: Sequence[int] | None = None, *, poll: float = 0.2) -> None:
+    def flush(self, message_ids: Sequence[int] | None = None, *, user_id: str | None = None,
+              poll: float = 0.2) -> None:
         """Wait until the messages (default: the last ``add``'s pending ones) are
-        extracted or failed, polling the server; gives up after ``wait_timeout``."""
+        extracted or failed, polling the server; gives up after ``wait_timeout``.
+        ``user_id`` defaults to the last ``add``'s user."""
         ids = list(message_ids if message_ids is not None else self._pending_ids)
+        owner = user_id if user_id is not None else self._pending_user
         deadline = time.monotonic() + self.wait_timeout
         while ids:
-            ids = self.message_status(ids).pending
+            ids = self.message_status(ids, user_id=owner).pending
             if not ids:
                 return
             if time.monotonic() > deadline:

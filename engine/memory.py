@@ -28,7 +28,13 @@ from typing import Any
 
 from engine import config
 from engine.backends.embed import Embedder, load_embedder
-from engine.errors import EngineError, InvalidInputError, ModelError, StateConflictError
+from engine.errors import (
+    EngineError,
+    FactNotFoundError,
+    InvalidInputError,
+    ModelError,
+    StateConflictError,
+)
 from engine.extract import Extractor
 from engine.ingest.maintain import Decision, apply_decisions
 from engine.ingest.pipeline import PendingMessage, decide
@@ -392,6 +398,7 @@ class Memory:
         valid_from: TimeLike | None = None,
         reason: str | None = None,
         value: str | None = None,
+        user_id: str | None = None,
     ) -> Fact:
         """Replace a current fact with a new version; the old one is kept as history.
 
@@ -399,10 +406,11 @@ class Memory:
         and it is retired (``expired_at``) and linked through ``superseded_by``.
         The new version keeps the old one's ``subject`` and ``slot``; its ``value`` is
         ``value`` (None unless given: the old value may not describe the new text).
+        With ``user_id``, a fact of another user is "not found" (see :meth:`get`).
         """
         check_fact_id(fact_id)
         text = check_text(text)
-        old = self.get(fact_id)
+        old = self.get(fact_id, user_id=user_id)
         if not old.is_current:
             raise StateConflictError(
                 f"fact {fact_id} is not current (it was "
@@ -432,10 +440,11 @@ class Memory:
                      old_text=old.text, new_text=text, reason=reason)
         return self.get(new_id)
 
-    def delete(self, fact_id: int, *, reason: str | None = None) -> Event:
+    def delete(self, fact_id: int, *, reason: str | None = None,
+               user_id: str | None = None) -> Event:
         """Retire a current fact (it stays in history; ``purge`` erases for real)."""
         check_fact_id(fact_id)
-        fact = self.get(fact_id)
+        fact = self.get(fact_id, user_id=user_id)
         if not fact.is_current:
             raise StateConflictError(f"fact {fact_id} is not current; nothing to delete")
         with self.store.write(actor=self.actor) as tx:
@@ -444,10 +453,11 @@ class Memory:
                      old_text=fact.text, reason=reason)
         return tx.events[0]
 
-    def restore(self, fact_id: int, *, reason: str | None = None) -> Fact:
+    def restore(self, fact_id: int, *, reason: str | None = None,
+                user_id: str | None = None) -> Fact:
         """Bring back a deleted fact as a new current version of its lineage."""
         check_fact_id(fact_id)
-        fact = self.get(fact_id)
+        fact = self.get(fact_id, user_id=user_id)
         if fact.is_current or fact.superseded_by is not None:
             raise StateConflictError(
                 f"fact {fact_id} was not deleted (it is current or was superseded)"
@@ -484,9 +494,19 @@ class Memory:
 
     # ---- reading ---------------------------------------------------------------------
 
-    def get(self, fact_id: int) -> Fact:
-        """One fact version by id (current or not)."""
-        return fact_from_row(self.store.get_fact(check_fact_id(fact_id)))
+    def get(self, fact_id: int, *, user_id: str | None = None) -> Fact:
+        """One fact version by id (current or not).
+
+        With ``user_id`` the fact must be that user's: another user's fact raises the
+        same :class:`~engine.errors.FactNotFoundError` as an id that does not exist, so
+        a caller scoped to one user learns nothing about the others (every id method
+        takes ``user_id``; the HTTP API requires it).
+        """
+        owner = None if user_id is None else check_scope(user_id)[0]
+        fact = fact_from_row(self.store.get_fact(check_fact_id(fact_id)))
+        if owner is not None and fact.user_id != owner:
+            raise FactNotFoundError(f"no fact with id {fact_id}")
+        return fact
 
     def get_all(
         self,
@@ -535,18 +555,18 @@ class Memory:
         )
         return [fact_from_row(row) for row in rows]
 
-    def versions(self, fact_id: int) -> list[Fact]:
+    def versions(self, fact_id: int, *, user_id: str | None = None) -> list[Fact]:
         """Every version of the fact's lineage, oldest first."""
-        fact = self.get(fact_id)
+        fact = self.get(fact_id, user_id=user_id)
         rows = self.store.query(
             f"SELECT {FACT_COLUMNS} FROM facts WHERE lineage_id = ? ORDER BY recorded_at, id",
             [fact.lineage_id],
         )
         return [fact_from_row(row) for row in rows]
 
-    def history(self, fact_id: int) -> list[Event]:
+    def history(self, fact_id: int, *, user_id: str | None = None) -> list[Event]:
         """The audit events of a fact's whole lineage (all versions), oldest first."""
-        fact = self.get(fact_id)
+        fact = self.get(fact_id, user_id=user_id)
         rows = self.store.query(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE lineage_id = ? OR fact_id IN "
             "(SELECT id FROM facts WHERE lineage_id = ?) ORDER BY occurred_at, id",
@@ -704,7 +724,7 @@ class Memory:
                 continue
             self.index.apply(user, change.generation, add_ids=change.added,
                              add_vectors=change.vectors, remove_ids=change.removed)
-            self.searcher.on_change(user, change.generation, add_ids=change.added,
+            self.searcher.on_change(user, change.generation, added=change.facts,
                                     remove_ids=change.removed)
 
     def _drop_indexes(self, user_ids: set[str]) -> None:

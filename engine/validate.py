@@ -83,18 +83,21 @@ def check_scope(
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:
-    """A JSON-serialisable dict (None becomes {})."""
+    """A JSON-serialisable dict (None becomes {}), returned as JSON reads it back (keys as
+    strings, tuples as lists): what is stored, so what a read returns."""
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
-        _check_unicode(json.dumps(metadata, ensure_ascii=False), "metadata")
+        text = json.dumps(metadata, ensure_ascii=False)
+        _check_unicode(text, "metadata")
     except (TypeError, ValueError) as exc:
         if isinstance(exc, InvalidInputError):
             raise
         raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
-    return dict(metadata)
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 def check_k(k: Any) -> int:

@@ -140,3 +140,24 @@ def test_a_restarted_chat_still_knows_the_user(tmp_path: Path) -> None:
     assert 'talking with the user "maria"' in prompt
     assert "About the user:\n- I am allergic to peanuts and I live in Porto (since " in prompt
     second.quit()
+
+
+def test_the_chat_learns_from_the_user_never_from_its_own_answer(make_memory) -> None:  # type: ignore[no-untyped-def]
+    from engine.extract import ExtractedFact
+    from engine.extract.scripted import ScriptedExtractor
+
+    reply = "Great! Since you live in Paris, try the jazz bars near Rue Oberkampf."
+    extractor = ScriptedExtractor({
+        "I am allergic to peanuts": [ExtractedFact("User is allergic to peanuts",
+                                                   slot="allergies", value="peanuts")],
+        reply: [ExtractedFact("User lives in Paris", slot="home city", value="Paris")],
+    })
+    memory = make_memory(extractor=extractor, infer=True)
+    out: list[str] = []
+    session = Chat(memory, None, user_id="maria", echo=out.append)  # type: ignore[arg-type]
+    session.remember("I am allergic to peanuts", reply)
+    session.finish()
+    assert [f.text for f in memory.get_all("maria")] == ["User is allergic to peanuts"]
+    learned = [line for line in out if "learned:" in line]
+    assert len(learned) == 1 and "learned: User is allergic to peanuts" in learned[0]
+    assert not any("Paris" in line for line in out)

@@ -258,6 +258,23 @@ def test_real_small_model_extracts_within_the_contract() -> None:
         assert extractor.engine.stats.calls >= 1
 
 
+@pytest.mark.model
+def test_a_real_model_never_stores_the_assistants_guess(make_memory) -> None:  # type: ignore[no-untyped-def]
+    """A chat exchange through Memory.add with a real GGUF: whatever the small model reads
+    into the assistant's reply, no stored fact names the city only the assistant said."""
+    extractor = DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256)
+    memory = make_memory(extractor=extractor, infer=True)
+    result = memory.add([
+        {"role": "user", "content": "I love cooking pasta on Sundays."},
+        {"role": "assistant", "content": "You live in Paris, right? Try the bistros in Paris."},
+    ], user_id="maria")
+    assert extractor.engine.stats.calls >= 1
+    assert not any("paris" in f.text.lower() or "paris" in (f.value or "").lower()
+                   for f in memory.get_all("maria")), memory.get_all("maria")
+    assert all(f.source_message_id == result.message_ids[0] for f in memory.get_all("maria"))
+    extractor.close()
+
+
 def test_the_shipped_program_loads_for_any_model() -> None:
     extractor = DspyExtractor(engine=CannedEngine([_facts()], name="my-own-8b"))
     assert extractor.identity.startswith("dspy/my-own-8b/default@")
@@ -272,3 +289,18 @@ def test_a_fact_that_names_its_time_gets_that_date_when_the_model_left_it_empty(
     facts = extractor.extract([Turn("user", "My sister Ana is visiting next week.", WHEN)])
     assert facts[0].valid_from == datetime(2024, 6, 19)  # said on 2024-06-12
     assert facts[1].valid_from is None  # "in January": past or future, left alone
+
+
+def test_the_assistants_words_are_context_never_a_source() -> None:
+    """The model may take the assistant's claim for the user's: a value naming what only
+    the assistant said is dropped, and a chunk with no user turn makes no call."""
+    engine = CannedEngine([_facts(
+        "User lives in Paris | user | home city | Paris",  # the assistant's guess
+        "User does not eat fish | user | diet | no fish")])
+    extractor = DspyExtractor(engine=engine, program=False, skip_chit_chat=False)
+    turns = [Turn("assistant", "You live in Paris, right? Try the fish there!", WHEN),
+             Turn("user", "I don't eat fish.", WHEN)]
+    assert [f.text for f in extractor.extract(turns)] == ["User does not eat fish"]
+    assert "Assistant: You live in Paris" in engine.requests[0].messages[-1].text  # context
+    assert extractor.extract([Turn("assistant", "You have 3 cats in Paris.", WHEN)]) == []
+    assert len(engine.requests) == 1

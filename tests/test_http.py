@@ -54,8 +54,8 @@ def test_client_answers_what_memory_answers(served: tuple[Memory, MemoryClient])
     assert all(isinstance(e, Event) and e.kind == "ADD" for e in added.events)
     coffee, lisbon = added.fact_ids
 
-    assert client.get(coffee) == memory.get(coffee)
-    assert isinstance(client.get(coffee), Fact)
+    assert client.get(coffee, user_id="maria") == memory.get(coffee)
+    assert isinstance(client.get(coffee, user_id="maria"), Fact)
     assert client.get_all("maria") == memory.get_all("maria")
     hits = client.search("coffee", user_id="maria", k=5, explain=True)
     local = memory.search("coffee", user_id="maria", k=5, explain=True)
@@ -65,10 +65,10 @@ def test_client_answers_what_memory_answers(served: tuple[Memory, MemoryClient])
     assert isinstance(hits[0], SearchHit) and hits[0].id == coffee and hits[0].explain
 
     tea = client.update(coffee, "I drink green tea now", valid_from="2026-06-01",
-                        reason="switched")
+                        reason="switched", user_id="maria")
     assert tea == memory.get(tea.id) and tea.lineage_id == coffee
-    assert client.versions(tea.id) == memory.versions(tea.id)
-    assert [e.kind for e in client.history(tea.id)] == ["ADD", "UPDATE"]
+    assert client.versions(tea.id, user_id="maria") == memory.versions(tea.id)
+    assert [e.kind for e in client.history(tea.id, user_id="maria")] == ["ADD", "UPDATE"]
     assert client.get_all("maria", as_of="2026-05-15") == memory.get_all(
         "maria", as_of="2026-05-15")
     assert client.get_all("maria", include_history=True, limit=10) == memory.get_all(
@@ -76,9 +76,9 @@ def test_client_answers_what_memory_answers(served: tuple[Memory, MemoryClient])
     assert client.get_all("maria", filters={"source": "chat"}) == memory.get_all(
         "maria", filters={"source": "chat"})
 
-    deleted = client.delete(lisbon, reason="moved")
+    deleted = client.delete(lisbon, reason="moved", user_id="maria")
     assert deleted.kind == "DELETE" and not memory.get(lisbon).is_current
-    restored = client.restore(lisbon)
+    restored = client.restore(lisbon, user_id="maria")
     assert restored == memory.get(restored.id) and restored.is_current
     assert client.timeline("maria") == memory.timeline("maria")
     block = client.context("what does maria drink?", user_id="maria", max_tokens=200)
@@ -98,10 +98,10 @@ def test_errors_come_back_as_the_same_engine_errors(served: tuple[Memory, Memory
     memory, client = served
     (fact_id,) = client.add("I love coffee", user_id="maria").fact_ids
     with pytest.raises(FactNotFoundError, match="no fact with id 999"):
-        client.get(999)
-    client.delete(fact_id)
+        client.get(999, user_id="maria")
+    client.delete(fact_id, user_id="maria")
     with pytest.raises(StateConflictError, match="not current"):
-        client.delete(fact_id)
+        client.delete(fact_id, user_id="maria")
     with pytest.raises(StateConflictError):
         memory.delete(fact_id)  # the same class in-process
     with pytest.raises(InvalidInputError, match="ISO 8601"):
@@ -117,16 +117,17 @@ def test_errors_come_back_as_the_same_engine_errors(served: tuple[Memory, Memory
 def test_status_codes_and_json_bodies(served: tuple[Memory, MemoryClient]) -> None:
     memory, client = served
     (fact_id,) = client.add("I love coffee", user_id="maria").fact_ids
-    client.delete(fact_id)
+    client.delete(fact_id, user_id="maria")
+    maria = {"user_id": "maria"}
     with httpx.Client(base_url=client.url) as http:
         cases = [
-            (http.get("/v1/memories/424242"), 404, "FactNotFoundError"),
-            (http.delete(f"/v1/memories/{fact_id}"), 409, "StateConflictError"),
-            (http.post("/v1/search", json={"query": "x"}), 400, "InvalidInputError"),
+            (http.get("/v1/memories/424242", params=maria), 404, "FactNotFoundError"),
+            (http.delete(f"/v1/memories/{fact_id}", params=maria), 409, "StateConflictError"),
+            (http.post("/v1/search", json={"query": "x"}), 400, "ScopeRequiredError"),
             (http.post("/v1/search", content=b"{not json", headers={
                 "content-type": "application/json"}), 400, "InvalidInputError"),
-            (http.get("/v1/memories/0"), 400, "InvalidInputError"),
-            (http.get(f"/v1/memories/{2**70}"), 400, "InvalidInputError"),
+            (http.get("/v1/memories/0", params=maria), 400, "InvalidInputError"),
+            (http.get(f"/v1/memories/{2**70}", params=maria), 400, "InvalidInputError"),
             (http.post("/v1/memories", json={"messages": "x" * 100_001, "user_id": "m"}),
              413, "TooLargeError"),
             (http.post("/v1/memories", json={"messages": ["a"] * 1001, "user_id": "m"}),
@@ -134,7 +135,7 @@ def test_status_codes_and_json_bodies(served: tuple[Memory, MemoryClient]) -> No
             (http.post("/v1/search", content=b" " * (17 * 1024 * 1024), headers={
                 "content-type": "application/json"}), 413, "TooLargeError"),
             (http.post("/v1/import", content=b"not an export\n"), 400, "ImportFormatError"),
-            (http.get("/v1/messages/status", params={"ids": 12345}), 400,
+            (http.get("/v1/messages/status", params={"ids": 12345, **maria}), 400,
              "InvalidInputError"),
         ]
         for response, status, error in cases:
@@ -176,7 +177,7 @@ def test_two_users_never_cross(served: tuple[Memory, MemoryClient], tmp_path: Pa
     memory, client = served
     (alice_fact,) = client.add("alice likes apples", user_id="alice").fact_ids
     (bob_fact,) = client.add("bob likes bananas", user_id="bob").fact_ids
-    client.update(bob_fact, "bob likes blueberries")
+    client.update(bob_fact, "bob likes blueberries", user_id="bob")
     bob_texts = ("bananas", "blueberries")
 
     def no_bob(value: Any) -> None:
@@ -207,6 +208,93 @@ def test_two_users_never_cross(served: tuple[Memory, MemoryClient], tmp_path: Pa
     assert not any(t in export.read_text() for t in bob_texts)
     client.purge("alice")
     assert [f.text for f in memory.get_all("bob")] == ["bob likes blueberries"]
+
+
+def test_every_id_route_needs_the_user_and_hides_other_users_ids(
+    served: tuple[Memory, MemoryClient],
+) -> None:
+    """Without user_id an id route answers 400; with another user's id it answers exactly
+    what it answers for an id that does not exist, and changes nothing."""
+    memory, client = served
+    (alice_fact,) = client.add("alice likes apples", user_id="alice").fact_ids
+    bob_current, bob_gone = client.add(["bob likes bananas", "bob lives in Oslo"],
+                                       user_id="bob").fact_ids
+    client.delete(bob_gone, user_id="bob")
+    bob_messages = [e.message_id for e in memory.timeline("bob") if e.message_id]
+    missing = 987_654
+    before = (memory.get_all("bob", include_history=True), memory.timeline("bob"))
+
+    def routes(fact_id: int, user: dict[str, str]) -> list[tuple[str, str, dict[str, Any]]]:
+        return [
+            ("GET", f"/v1/memories/{fact_id}", {"params": user}),
+            ("GET", f"/v1/memories/{fact_id}/history", {"params": user}),
+            ("GET", f"/v1/memories/{fact_id}/versions", {"params": user}),
+            ("PUT", f"/v1/memories/{fact_id}", {"json": {"text": "hacked", **user}}),
+            ("DELETE", f"/v1/memories/{fact_id}", {"params": {"reason": "x", **user}}),
+            ("POST", f"/v1/memories/{fact_id}/restore", {"json": user}),
+        ]
+
+    with httpx.Client(base_url=client.url) as http:
+        for fact_id in (alice_fact, bob_current, bob_gone):
+            for method, path, kwargs in routes(fact_id, {}):
+                answer = http.request(method, path, **kwargs)
+                assert answer.status_code == 400, (method, path, answer.text)
+                assert answer.json()["error"] == "ScopeRequiredError"
+                assert "user_id is required" in answer.json()["message"]
+        alice = {"user_id": "alice"}
+        for bob_fact in (bob_current, bob_gone):
+            for (method, path, kwargs), (_, missing_path, missing_kwargs) in zip(
+                    routes(bob_fact, alice), routes(missing, alice), strict=True):
+                crossed = http.request(method, path, **kwargs)
+                absent = http.request(method, missing_path, **missing_kwargs)
+                assert crossed.status_code == absent.status_code == 404, (method, path)
+                assert crossed.json() == {
+                    "error": "FactNotFoundError",
+                    "message": absent.json()["message"].replace(str(missing), str(bob_fact)),
+                }, (method, path)
+                assert "bob" not in crossed.text and "banana" not in crossed.text
+        status = http.get("/v1/messages/status", params={"ids": bob_messages})
+        assert status.status_code == 400 and status.json()["error"] == "ScopeRequiredError"
+        status = http.get("/v1/messages/status", params={"ids": bob_messages, **alice})
+        assert status.status_code == 400 and "Oslo" not in status.text
+        # the owner still reaches every route
+        bob = {"user_id": " bob "}  # ids are stripped, as everywhere in the engine
+        assert http.get(f"/v1/memories/{bob_current}", params=bob).status_code == 200
+        assert http.get(f"/v1/memories/{bob_gone}/versions", params=bob).status_code == 200
+        assert http.get("/v1/messages/status",
+                        params={"ids": bob_messages, **bob}).json()["done"]
+    assert (memory.get_all("bob", include_history=True), memory.timeline("bob")) == before
+    for call in (lambda: client.get(bob_current), lambda: client.history(bob_current),
+                 lambda: client.versions(bob_current), lambda: client.delete(bob_current),
+                 lambda: client.update(bob_current, "hacked"),
+                 lambda: client.restore(bob_gone),
+                 lambda: client.message_status(bob_messages)):
+        with pytest.raises(ScopeRequiredError, match="user_id"):
+            call()
+    with pytest.raises(FactNotFoundError, match=f"^no fact with id {bob_gone}$"):
+        client.restore(bob_gone, user_id="alice")
+    assert client.restore(bob_gone, user_id="bob").text == "bob lives in Oslo"
+
+
+def test_memory_id_methods_take_the_same_user_scope(memory: Memory) -> None:
+    """In-process, ``user_id`` is optional (backward compatible); given, it scopes the id
+    exactly as the HTTP API does."""
+    (alice_fact,) = memory.add("alice likes apples", user_id="alice").fact_ids
+    (bob_fact,) = memory.add("bob likes bananas", user_id="bob").fact_ids
+    assert memory.get(bob_fact).user_id == "bob"
+    assert memory.get(bob_fact, user_id="bob") == memory.get(bob_fact)
+    for call in (lambda: memory.get(bob_fact, user_id="alice"),
+                 lambda: memory.history(bob_fact, user_id="alice"),
+                 lambda: memory.versions(bob_fact, user_id="alice"),
+                 lambda: memory.update(bob_fact, "hacked", user_id="alice"),
+                 lambda: memory.delete(bob_fact, user_id="alice"),
+                 lambda: memory.restore(bob_fact, user_id="alice")):
+        with pytest.raises(FactNotFoundError, match=f"^no fact with id {bob_fact}$"):
+            call()
+    with pytest.raises(ScopeRequiredError):
+        memory.get(999_999, user_id=" ")  # a bad scope is refused before the id is looked up
+    assert [f.text for f in memory.get_all("bob")] == ["bob likes bananas"]
+    assert memory.delete(alice_fact, user_id="alice").kind == "DELETE"
 
 
 def scripted_memory(make_memory: Callable[..., Memory], tmp_path: Path) -> Memory:
@@ -246,7 +334,7 @@ def test_add_with_the_lm_answers_202_then_status_says_done(
         later = client.add("I moved to Porto", user_id="eva", wait=False)
         assert later.pending == later.message_ids
         client.flush()
-        assert client.message_status(later.message_ids).pending == []
+        assert client.message_status(later.message_ids, user_id="eva").pending == []
         assert [f.value for f in client.get_all("eva")] == ["Porto"]
 
 

@@ -48,6 +48,15 @@ def test_exact_duplicate_adds_provenance_not_a_copy(memory: Memory) -> None:
     assert len(memory.get_all("maria")) == 2
 
 
+def test_metadata_with_number_keys_is_stored_as_json_reads_it(memory: Memory) -> None:
+    # Found by the write-path round-trip test: mixed key types escaped add as a bare
+    # TypeError from the sorted JSON dump; they are stored the way JSON reads them back.
+    (fact_id,) = memory.add("I keep bees", user_id="u", metadata={1: "a", "b": (2, 3)},
+                            infer=False).fact_ids
+    assert memory.get(fact_id).metadata == {"1": "a", "b": [2, 3]}
+    assert memory.search("bees", user_id="u")[0].metadata == {"1": "a", "b": [2, 3]}
+
+
 def test_duplicates_inside_one_batch_collapse(memory: Memory) -> None:
     result = memory.add(["same", "same", "other"], user_id="u")
     assert [e.kind for e in result.events] == ["ADD", "ADD", "DUPLICATE"]

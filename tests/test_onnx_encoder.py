@@ -42,3 +42,31 @@ def test_unsupported_pipeline_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UnsupportedModelError):
         _pipeline(tmp_path)
+
+
+def test_int8_embedder_is_its_own_model_saved_once(tmp_path: Path) -> None:
+    from engine import Memory
+    from engine.backends.embed import load_embedder
+    from engine.backends.onnx_encoder import INT8_FILE
+    from engine.errors import EmbedderMismatchError
+
+    _minilm_folder()
+    quantized = load_embedder("minilm:int8", device="cpu")
+    assert quantized.identity.endswith(":int8")
+    assert quantized.resolved_backend == "onnx"
+    encoder = quantized._onnx_encoder()
+    saved = encoder.export_dir / INT8_FILE
+    stamp = saved.stat().st_mtime_ns
+    again = load_embedder("minilm:int8", device="cpu")
+    again.embed(["x"])
+    assert saved.stat().st_mtime_ns == stamp  # quantised once, then reused
+    texts = ["My sister Anna lives in Lisbon.", "I drink green tea every morning.",
+             "My brother Ben works as a nurse in Porto."]
+    vectors = quantized.embed(texts)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    query = quantized.embed_query("where does my sister live?")
+    assert int(np.argmax(vectors @ query)) == 0
+    path = tmp_path / "float.duckdb"
+    Memory(path, embedder="minilm", infer=False).close()
+    with pytest.raises(EmbedderMismatchError, match="int8"):
+        Memory(path, embedder="minilm:int8", infer=False)

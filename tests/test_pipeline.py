@@ -375,3 +375,34 @@ def test_an_lm_that_cannot_load_says_what_to_do_and_keeps_the_message(
     assert status["pending_messages"] == 1
     assert status["messages"][0]["attempts"] == 0  # a missing model is not the message's fault
     assert "LM unavailable" in status["messages"][0]["error"]
+
+
+ASSISTANT_GUESS = "You live in Paris, right? People there love jazz, and you have 2 cats."
+
+
+def test_a_conversation_stores_facts_from_the_user_turns_only(make_memory) -> None:  # type: ignore[no-untyped-def]
+    """The scripted extractor answers for every turn it is shown, like a model that takes
+    the assistant's words for the user's; the pipeline keeps those claims out."""
+    extractor = ScriptedExtractor({
+        "I love cooking": [fact("User loves cooking", "hobbies", "cooking")],
+        ASSISTANT_GUESS: [fact("User lives in Paris", "home city", "Paris"),
+                          fact("User has 2 cats", "pets", "2 cats"),
+                          fact("User's favourite bar is a jazz bar in Paris", "favourite bar",
+                               "jazz bar")],  # the name is in the sentence only
+    })
+    memory = make_memory(extractor=extractor, infer=True)
+    result = memory.add([{"role": "user", "content": "I love cooking"},
+                         {"role": "assistant", "content": ASSISTANT_GUESS}],
+                        user_id="maria", observed_at=DAY1)
+    assert [f.text for f in memory.get_all("maria")] == ["User loves cooking"]
+    user_message, assistant_message = result.message_ids
+    assert memory.get_all("maria")[0].source_message_id == user_message  # credited to her
+    assert [t.role for t in extractor.extract_calls[0]] == ["user", "assistant"]  # context
+    assert memory.message_status([assistant_message]).pending == []  # stored, processed
+    rows = memory.store.query("SELECT role, content FROM messages ORDER BY id")
+    assert rows == [("user", "I love cooking"), ("assistant", ASSISTANT_GUESS)]
+
+    calls = len(extractor.extract_calls)
+    memory.add({"role": "assistant", "content": ASSISTANT_GUESS}, user_id="maria")
+    assert len(extractor.extract_calls) == calls  # no user turn: no extraction at all
+    assert [f.text for f in memory.get_all("maria")] == ["User loves cooking"]

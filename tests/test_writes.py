@@ -4,9 +4,11 @@ indexes hear about it after the commit, and forget the users' caches on rollback
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import Memory
 from engine.ingest.maintain import Decision, Ref, apply_decisions
@@ -39,7 +41,8 @@ def test_a_unit_writes_versions_events_and_generation_then_tells_the_indexes(
     assert memory.timeline("u")[-1].id == event.id
     assert memory.store.generation("u") == generation + 1
     assert seen[-1] == [IndexChange("u", generation + 1, added=[new_id],
-                                    vectors=seen[-1][0].vectors, removed=[first])]
+                                    vectors=seen[-1][0].vectors, removed=[first],
+                                    facts=[memory.get(new_id)])]
     assert [h.text for h in memory.search("goats bees", user_id="u")] == ["I keep goats"]
 
 
@@ -112,3 +115,34 @@ def test_every_write_of_memory_goes_through_one_unit(
     memory.export(tmp_path / "e.jsonl")
     memory.import_(tmp_path / "e.jsonl")
     assert units == ["api"] * 5
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=8)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metadata=st.dictionaries(st.text(max_size=6), _JSON_VALUES,
+                                max_size=4),
+       valid_from=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                               timezones=st.none() | st.just(timezone(timedelta(hours=-7)))),
+       slot=st.none() | st.text(min_size=1, max_size=6))
+def test_the_record_handed_to_the_indexes_is_what_the_store_reads_back(
+    memory: Memory, metadata: dict, valid_from: datetime, slot: str | None,
+) -> None:
+    """The indexes take a new fact's record from the unit of work instead of reading it
+    back; it must be exactly what a read returns (metadata through JSON, times as UTC)."""
+    seen: list[list[IndexChange]] = []
+    memory.store.on_commit(seen.append)
+    fact = NewFact("I keep bees", "u", "agent", None, "hobby", metadata, valid_from, None,
+                   subject="user" if slot else None, slot=slot, value="bees" if slot else None)
+    with memory.store.write(actor="tester") as tx:
+        (new_id,) = tx.insert([fact], memory.embedder.embed([fact.text]))
+    (change,) = seen[-1]
+    assert change.facts == [memory.get(new_id)]

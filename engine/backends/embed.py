@@ -31,9 +31,13 @@ from engine.errors import InvalidInputError, ModelError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Embedder", "HashingEmbedder", "SentenceTransformerEmbedder", "load_embedder"]
+__all__ = ["Embedder", "HashingEmbedder", "QUANTIZED_SUFFIX", "SentenceTransformerEmbedder",
+           "load_embedder"]
 
 log = logging.getLogger(__name__)
+
+QUANTIZED_SUFFIX = ":int8"
+"""Appended to a model name (``minilm:int8``) for its int8 ONNX variant."""
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
@@ -135,6 +139,11 @@ class SentenceTransformerEmbedder:
     once into the model cache, vectors within cosine 0.9999 of torch's, several times
     faster per query) and falls back to torch when that is not possible; on CUDA it
     uses torch. ``"onnx"`` makes a failed ONNX setup an error instead.
+
+    ``quantize=True`` encodes stored and query texts alike with an int8 copy of the
+    ONNX export (see :mod:`engine.backends.onnx_encoder`); it always runs on ONNX
+    Runtime and has its own identity (``...:int8``), so a store made with the float
+    model keeps refusing it and vice versa. ``load_embedder("minilm:int8")`` makes one.
     """
 
     def __init__(
@@ -146,6 +155,7 @@ class SentenceTransformerEmbedder:
         batch_size: int = 32,
         query_cache_size: int = 1024,
         backend: str = "auto",
+        quantize: bool = False,
     ) -> None:
         self.folder = Path(folder)
         if not (self.folder / "modules.json").is_file() and not (
@@ -166,13 +176,18 @@ class SentenceTransformerEmbedder:
         self._cache_size = query_cache_size
         if backend not in ("auto", "onnx", "torch"):
             raise InvalidInputError(f"backend must be auto, onnx or torch, not {backend!r}")
-        self.backend = backend
+        if quantize and backend == "torch":
+            raise InvalidInputError("an int8 embedder runs on ONNX Runtime: use backend "
+                                    "auto or onnx with quantize")
+        self.quantize = quantize
+        self.backend = "onnx" if quantize else backend
         self._onnx: Any = None
         self._onnx_checked = backend == "torch"
 
     @property
     def identity(self) -> str:
-        return f"sentence-transformers:{self.name}"
+        suffix = QUANTIZED_SUFFIX if self.quantize else ""
+        return f"sentence-transformers:{self.name}{suffix}"
 
     @property
     def dim(self) -> int:
@@ -223,7 +238,7 @@ class SentenceTransformerEmbedder:
         from engine.backends.onnx_encoder import OnnxEncoder, UnsupportedModelError
 
         try:
-            return OnnxEncoder(self.folder, models.model_cache_dir())
+            return OnnxEncoder(self.folder, models.model_cache_dir(), quantize=self.quantize)
         except (UnsupportedModelError, OSError, RuntimeError) as exc:
             if self.backend == "onnx":
                 raise ModelError(f"cannot use the ONNX backend for {self.folder}: {exc}") from exc
@@ -279,6 +294,8 @@ def load_embedder(
     """Build an embedder from a manifest name, a folder path, ``"hashing"`` or an instance.
 
     ``None`` means the default embedder from the model manifest (the bundled MiniLM).
+    A name or folder ending in ``:int8`` (``minilm:int8``) is that model's int8 ONNX
+    variant.
     """
     if spec is not None and not isinstance(spec, str):
         if isinstance(spec, Embedder):
@@ -293,9 +310,13 @@ def load_embedder(
 
     if spec is None:
         spec = models.default_model("embedder").name
+    quantize = spec.endswith(QUANTIZED_SUFFIX)
+    if quantize:
+        spec = spec[: -len(QUANTIZED_SUFFIX)]
     path = models.resolve_model_path(spec, "sentence-transformers")
     try:
         name = models.get_spec(spec).name
     except ModelError:
         name = path.name
-    return SentenceTransformerEmbedder(path, name=name, device=device, backend=backend)
+    return SentenceTransformerEmbedder(path, name=name, device=device, backend=backend,
+                                       quantize=quantize)

@@ -3,8 +3,10 @@
 Each turn: the memory block for the user's message (:meth:`engine.memory.Memory.context`)
 becomes the system prompt, the answer streams token by token
 (:meth:`engine.backends.lm.LlamaCppEngine.chat_stream`), then the exchange is added in the
-background (``add(..., wait=False)``) and what it taught the memory is printed in a dim
-line once the extraction is done (checked before each prompt, so typing never waits).
+background (``add(..., wait=False)``: the user's message, with the reply after it as
+context only, so facts come from what the user said, never from what the model answered)
+and what it taught the memory is printed in a dim line once the extraction is done
+(checked before each prompt, so typing never waits).
 
 One model serves both jobs: the chat answers on the extractor's own engine, with one
 llama.cpp context (``slots=1``; a second context would be a second copy of the model's
@@ -80,8 +82,9 @@ def dim(text: str) -> str:
 class Chat:
     """One chat session over an open ``memory`` and a loaded ``engine``.
 
-    ``infer`` adds both sides of each exchange for extraction in the background; without
-    it each user message is stored as one fact. ``echo`` prints a line, ``write`` prints a
+    ``infer`` adds each exchange for extraction in the background: facts come from the
+    user's message, the reply is context; without it each user message is stored as one
+    fact. ``echo`` prints a line, ``write`` prints a
     piece of the streamed answer.
     """
 
@@ -132,7 +135,8 @@ class Chat:
         return reply
 
     def remember(self, text: str, reply: str) -> None:
-        """Add the exchange: in the background with extraction, at once with ``--raw``."""
+        """Add the exchange: in the background with extraction (the reply, role
+        ``assistant``, is context, never a source of facts), at once with ``--raw``."""
         if not self.infer:
             result = self.memory.add(text, user_id=self.user_id, infer=False)
             for event in result.events:

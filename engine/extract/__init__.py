@@ -6,6 +6,11 @@ implementation (a DSPy program over a local GGUF through llama.cpp) lives in
 is a deterministic test double that ships with the package (as httpx ships a mock
 transport) so applications can test their own code without a model.
 
+Facts come only from the user's turns (``role == "user"``, :attr:`Turn.from_user`); the
+assistant's replies, system and tool messages are context for reading them, never a source
+(:mod:`engine.extract.grounding`; whatever the extractor, the pipeline drops a fact whose
+value or sentence cites a name or number that only the other turns said).
+
 One LM call per turn: the extractor sees the user's stored facts that are close to the
 message (:class:`KnownFact`: their text and slot, never their ids), so it reuses their slot
 names. Code, not the LM, decides and applies every change (:mod:`engine.ingest.pipeline`,
@@ -30,6 +35,11 @@ class Turn:
     content: str
     observed_at: datetime
     name: str | None = None
+
+    @property
+    def from_user(self) -> bool:
+        """Whether the user said it (facts come from these turns; others are context)."""
+        return self.role == "user"
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Extractor(Protocol):
         ...
 
     def extract(self, turns: list[Turn], known: Sequence[KnownFact] = ()) -> list[ExtractedFact]:
-        """Standalone facts stated in ``turns`` (empty for chit-chat), given the stored
-        facts ``known`` that the turns may repeat, change or correct."""
+        """Standalone facts the user states in ``turns`` (empty for chit-chat), given the
+        stored facts ``known`` that the turns may repeat, change or correct; turns not
+        :attr:`~Turn.from_user` are context, never a source."""
         ...

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from engine.errors import ExtractionError, ModelError
 from engine.extract import ExtractedFact, KnownFact, Turn
 from engine.extract.dates import date_hints, stated_date
+from engine.extract.grounding import grounded, user_said
 from engine.extract.salience import worth_extracting
 from engine.extract.slots import (
     category_of,
     normalise_attribute,
     normalise_subject,
-    specifics,
 )
 
 if TYPE_CHECKING:
@@ -188,15 +188,6 @@ def _fact_from_line(line: str, user_names: set[str], observed: date) -> Extracte
                          about=normalise_subject(subject, user_names), valid_from=when,
                          slot=attribute or None,
                          value=value if value.casefold() not in _EMPTY else None)
-
-
-def _grounded(fact: ExtractedFact, said: str) -> bool:
-    """Whether the names and numbers of the fact's value appear in the message (casefolded;
-    a name by its first five letters, so "PostgreSQL" is found in "Postgres"): the model
-    is told to copy them as written, so one that is not there was invented (a small model
-    repeating its few-shot demos, say)."""
-    return all((token if token[0].isdigit() else token[:5]).casefold() in said
-               for token in specifics(fact.value or ""))
 
 
 def _facts_from(items: Any, user_names: set[str], observed: date) -> list[ExtractedFact]:
@@ -374,7 +365,8 @@ class DspyExtractor:
         facts: list[ExtractedFact] = []
         seen: set[str] = set()
         for chunk in _chunks(turns, self.max_chunk_chars):
-            if self.skip_chit_chat and not worth_extracting(chunk):
+            if not any(t.from_user for t in chunk) or (
+                    self.skip_chit_chat and not worth_extracting(chunk)):
                 continue
             observed, hints, conversation = format_conversation(chunk)
             day = chunk[-1].observed_at.date()
@@ -384,11 +376,11 @@ class DspyExtractor:
                  "conversation": conversation},
                 functools.partial(_parse_facts, user_names=user_names, observed=day),
             )
-            said = " ".join(t.content for t in chunk).casefold()
+            said = user_said(chunk)
             for fact in found:
-                if not _grounded(fact, said):
-                    log.info("dropped %r: its value %r is not in the message", fact.text,
-                             fact.value)
+                if not grounded(fact, said):
+                    log.info("dropped %r: its value %r is not in the user's words",
+                             fact.text, fact.value)
                     continue
                 if fact.text.lower() not in seen:
                     seen.add(fact.text.lower())

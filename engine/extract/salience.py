@@ -56,5 +56,4 @@ def _informative(sentence: str) -> bool:
 
 def worth_extracting(turns: Sequence[Turn]) -> bool:
     """Whether any user turn says something the LM should look at (see module doc)."""
-    return any(_informative(s) for t in turns if t.role != "assistant"
-               for s in sentences(t.content))
+    return any(_informative(s) for t in turns if t.from_user for s in sentences(t.content))

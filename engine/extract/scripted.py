@@ -2,8 +2,10 @@
 
 Give it a mapping from message text to the facts it should "extract". It validates
 nothing beyond what the real extractor promises, so pipeline tests exercise the real
-Memory code; it records what it was shown (the turns and the known facts) so tests can
-check what the LM would have seen.
+Memory code: it answers for every turn it is shown, the assistant's too, like a careless
+model, so tests see the pipeline's own guard keep the assistant's claims out. It records
+what it was shown (the turns and the known facts) so tests can check what the LM would
+have seen.
 """
 
 from __future__ import annotations

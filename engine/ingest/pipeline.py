@@ -10,7 +10,10 @@ For each group of messages (one scope, in order):
    current facts close to the message (vector neighbours of the message, facts whose value
    the message names, or all of them when there are few) are shown to the extractor, so the
    model reuses their slot names.
-2. **Extract** (one LM call): facts with subject, slot and value.
+2. **Extract** (one LM call): facts with subject, slot and value, from the user's turns
+   only; the assistant's (and system or tool) turns are context. A group with no user turn
+   is not extracted, a fact whose value or sentence names what only those turns said is dropped
+   (:mod:`engine.extract.grounding`), and facts are credited to the last user message.
 3. **Decide, in code** (:mod:`engine.extract.slots`): the same text as a current fact, or
    the same subject, slot and value: a duplicate (provenance only); the same subject and a
    single-valued slot with another value: the old fact is superseded (``valid_to`` = the new
@@ -36,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine.extract import ExtractedFact, Extractor, KnownFact, Turn
+from engine.extract.grounding import borrowed, context_said, user_said
 from engine.extract.salience import worth_extracting
 from engine.extract.slots import (
     is_multi_valued,
@@ -163,14 +167,22 @@ def decide(
     what each one changes."""
     decisions: list[Decision] = []
     for group in _groups(messages):
-        last = group[-1]
         turns = [Turn(m.role, m.content, m.observed_at, m.name) for m in group]
+        spoken = [m for m, t in zip(group, turns, strict=True) if t.from_user]
+        if not spoken:
+            continue  # the assistant's words alone are no source of facts
+        last = spoken[-1]  # facts are credited to (and dated from) what the user said
         stored: list[_Stored] = []
         if extractor.show_known and worth_extracting(turns):
-            said = " ".join(m.content for m in group if m.role != "assistant")
-            stored = _known_facts(store, index, embedder, last, said)
+            stored = _known_facts(store, index, embedder, last,
+                                  " ".join(m.content for m in spoken))
         known = [KnownFact(f.text, f.subject, f.slot, f.value, f.valid_from) for f in stored]
         facts = [f for f in extractor.extract(turns, known) if f.text.strip()]
+        said, context = user_said(turns), context_said(turns)
+        for dropped in [f for f in facts if borrowed(f, said, context)]:
+            log.info("dropped %r: its value %r is the assistant's words, not the user's",
+                     dropped.text, dropped.value)
+        facts = [f for f in facts if not borrowed(f, said, context)]
         if not facts:
             continue
         vectors = embedder.embed([f.text for f in facts])

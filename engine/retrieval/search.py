@@ -158,6 +158,12 @@ def _in_scope(request: SearchRequest, fact: Fact) -> bool:
             and (not request.filters or matches(request.filters, _record(fact))))
 
 
+def _document(fact: Fact) -> Document:
+    """A current fact as the lexical index keeps it."""
+    names = {k: fact.metadata[k] for k in NAME_KEYS if isinstance(fact.metadata.get(k), str)}
+    return Document(fact.id, fact.text, fact.source_message_id, fact.valid_from, names, fact)
+
+
 def _record(fact: Fact) -> dict[str, Any]:
     return {"category": fact.category, "agent_id": fact.agent_id, "run_id": fact.run_id,
             "metadata": fact.metadata}
@@ -190,14 +196,7 @@ class Searcher:
     def _documents(self, where: str, params: list[Any]) -> list[Document]:
         rows = self.store.query(f"SELECT {FACT_COLUMNS} FROM facts WHERE {where} ORDER BY id",
                                 params)
-        documents = []
-        for row in rows:
-            fact = fact_from_row(row)
-            names = {k: fact.metadata[k] for k in NAME_KEYS
-                     if isinstance(fact.metadata.get(k), str)}
-            documents.append(Document(fact.id, fact.text, fact.source_message_id,
-                                      fact.valid_from, names, fact))
-        return documents
+        return [_document(fact_from_row(row)) for row in rows]
 
     def _current_texts(self, user_id: str) -> list[Document]:
         return self._documents(f"user_id = ? AND {CURRENT}", [user_id])
@@ -207,14 +206,15 @@ class Searcher:
         user_id: str,
         generation: int,
         *,
-        add_ids: Sequence[int] = (),
+        added: Sequence[Fact] = (),
         remove_ids: Sequence[int] = (),
     ) -> None:
-        """Tell the lexical index about a committed change (call after ``index.apply``)."""
+        """Tell the lexical index about a committed change (call after ``index.apply``):
+        ``added`` are the new current versions, as the unit of work recorded them."""
         if not self.lexical.is_loaded(user_id):
             return  # nothing cached: it is built from the store on the next search
-        added = self._documents(f"id IN {_ids_sql(add_ids)}", []) if add_ids else []
-        self.lexical.apply(user_id, generation, added=added, removed=list(remove_ids))
+        self.lexical.apply(user_id, generation, added=[_document(f) for f in added],
+                           removed=list(remove_ids))
 
     def forget(self, user_id: str) -> None:
         """Drop a user's cached lexical index (after a purge)."""

@@ -6,7 +6,8 @@ Every error answer has a JSON body ``{"error": <engine error class name>, "messa
 (:func:`error_class`). Bad input never answers 500: the status says whose move it is.
 
 =====  ==========================================================================
-400    InvalidInputError, ScopeRequiredError, ImportFormatError, a malformed request
+400    InvalidInputError, ScopeRequiredError (no user_id), ImportFormatError, a malformed
+       request
 401    AuthenticationError: no or wrong bearer token
 404    FactNotFoundError
 409    StateConflictError (the fact's state forbids it), EmbedderMismatchError,
@@ -85,6 +86,11 @@ def _validation_message(problems: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more + ". See /docs for the request shapes."
 
 
+def _missing_user(problem: dict[str, Any]) -> bool:
+    loc = tuple(problem.get("loc") or ())
+    return problem.get("type") == "missing" and loc[-1:] == ("user_id",)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer engine errors, validation errors and HTTP errors with the JSON error body."""
     from fastapi.encoders import jsonable_encoder
@@ -108,8 +114,15 @@ def install_error_handlers(app: FastAPI) -> None:
         for problem in problems:
             problem.pop("input", None)  # may be megabytes, and is the caller's own
             problem.pop("ctx", None)
-        body = error_body("TooLargeError" if too_large else "InvalidInputError",
-                          _validation_message(problems), detail=jsonable_encoder(problems))
+        message = _validation_message(problems)
+        name = "TooLargeError" if too_large else "InvalidInputError"
+        if not too_large and any(_missing_user(p) for p in problems):
+            name = "ScopeRequiredError"
+            message = ("user_id is required: every request, fact and message ids included, "
+                       "is answered within one user (send user_id=NAME in the query or "
+                       "\"user_id\" in the JSON body; MemoryClient methods take user_id=...). "
+                       f"{message}")
+        body = error_body(name, message, detail=jsonable_encoder(problems))
         return JSONResponse(body, status_code=413 if too_large else 400)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,12 @@ races another request. Extraction with the LM runs in the memory's background wo
 ``POST /v1/memories`` with inference answers 202 at once with the message ids and a
 status URL, or waits when asked (``wait: true``).
 
+Every route names its user: the routes by fact or message id (get, update, delete,
+restore, history, versions, message status) require ``user_id``, and an id of another
+user answers 404 exactly like an id that does not exist, so a caller scoped to one user
+learns nothing about the others. Only the store-wide operator routes (``/v1/status``,
+``/v1/stats``, ``/v1/import``, and ``/v1/export`` without ``user_id``) span users.
+
 Every route under ``/v1`` needs the bearer token when the app has an ``api_key``;
 ``/health``, ``/openapi.json`` and ``/docs`` (bundled assets, no CDN) are open.
 Errors are JSON (see :mod:`engine.serving.errors`).
@@ -24,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
@@ -35,7 +42,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.errors import (
     AuthenticationError,
-    FactNotFoundError,
     InvalidInputError,
     TooLargeError,
 )
@@ -55,7 +61,6 @@ from engine.validate import MAX_ID_CHARS
 
 if TYPE_CHECKING:
     from engine.memory import Memory
-    from engine.types import Fact
 
 __all__ = ["MAX_BODY_BYTES", "MAX_IMPORT_BYTES", "create_app"]
 
@@ -71,6 +76,9 @@ COUNTS_HEADER = "X-Memengine-Counts"
 FactPath = PathParam(ge=1, le=MAX_ID, description="A fact id")
 ScopeQuery = Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS)]
 OptionalScope = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS)]
+OwnerQuery = Annotated[str, Query(
+    min_length=1, max_length=MAX_ID_CHARS,
+    description="The user the id belongs to: another user's id answers 404, like a missing one")]
 TimeQuery = Annotated[str | None, Query(max_length=64, description="ISO 8601 date or time")]
 LimitQuery = Annotated[int | None, Query(ge=1, le=MAX_LIMIT)]
 FiltersQuery = Annotated[
@@ -173,12 +181,6 @@ def create_app(
         with writes:
             yield
 
-    def owned(fact_id: int, user_id: str | None) -> Fact:
-        fact = memory.get(fact_id)
-        if user_id is not None and fact.user_id != user_id.strip():
-            raise FactNotFoundError(f"no fact with id {fact_id} for user {user_id!r}")
-        return fact
-
     def parse_filters(raw: str | None) -> dict[str, Any] | None:
         if raw is None:
             return None
@@ -224,14 +226,15 @@ def create_app(
         data = result.to_dict()
         if infer and not body.wait:
             response.status_code = 202
-            query = "&".join(f"ids={i}" for i in result.message_ids)
+            query = urlencode([("ids", i) for i in result.message_ids]
+                              + [("user_id", body.user_id.strip())])
             data["status_url"] = f"{request.url_for('message_status').path}?{query}"
         return data
 
     @v1.get("/messages/status", tags=["write"], name="message_status")
     def message_status(
         ids: Annotated[list[int], Query(min_length=1, max_length=10_000)],
-        user_id: OptionalScope = None,
+        user_id: OwnerQuery,
     ) -> dict[str, Any]:
         """Where messages added without waiting stand (``Memory.message_status``):
         ``done`` once none is pending."""
@@ -273,53 +276,48 @@ def create_app(
         return {"facts": [fact.to_dict() for fact in facts]}
 
     @v1.get("/memories/{fact_id}", tags=["read"])
-    def get(fact_id: Annotated[int, FactPath], user_id: OptionalScope = None) -> dict[str, Any]:
-        """One fact version by id (with ``user_id``: only if it is that user's)."""
-        return owned(fact_id, user_id).to_dict()
+    def get(fact_id: Annotated[int, FactPath], user_id: OwnerQuery) -> dict[str, Any]:
+        """One fact version by id, if it is ``user_id``'s."""
+        return memory.get(fact_id, user_id=user_id).to_dict()
 
     @v1.put("/memories/{fact_id}", tags=["write"])
     def update(fact_id: Annotated[int, FactPath], body: UpdateRequest) -> dict[str, Any]:
         """Replace a current fact with a new version; the old one stays as history."""
         with writing():
-            owned(fact_id, body.user_id)
             fact = memory.update(fact_id, body.text, metadata=body.metadata,
                                  valid_from=body.valid_from, reason=body.reason,
-                                 value=body.value)
+                                 value=body.value, user_id=body.user_id)
         return fact.to_dict()
 
     @v1.delete("/memories/{fact_id}", tags=["write"])
     def delete(
         fact_id: Annotated[int, FactPath],
+        user_id: OwnerQuery,
         reason: Annotated[str | None, Query(max_length=10_000)] = None,
-        user_id: OptionalScope = None,
     ) -> dict[str, Any]:
         """Retire a current fact (kept in history; ``/v1/purge`` erases for real)."""
         with writing():
-            owned(fact_id, user_id)
-            event = memory.delete(fact_id, reason=reason)
+            event = memory.delete(fact_id, reason=reason, user_id=user_id)
         return event.to_dict()
 
     @v1.post("/memories/{fact_id}/restore", tags=["write"])
     def restore(fact_id: Annotated[int, FactPath], body: ReasonRequest) -> dict[str, Any]:
         """Bring back a deleted fact as a new current version."""
         with writing():
-            owned(fact_id, body.user_id)
-            fact = memory.restore(fact_id, reason=body.reason)
+            fact = memory.restore(fact_id, reason=body.reason, user_id=body.user_id)
         return fact.to_dict()
 
     @v1.get("/memories/{fact_id}/history", tags=["read"])
-    def history(fact_id: Annotated[int, FactPath],
-                user_id: OptionalScope = None) -> dict[str, Any]:
+    def history(fact_id: Annotated[int, FactPath], user_id: OwnerQuery) -> dict[str, Any]:
         """The audit events of the fact's whole lineage, oldest first."""
-        owned(fact_id, user_id)
-        return {"events": [event.to_dict() for event in memory.history(fact_id)]}
+        return {"events": [event.to_dict()
+                           for event in memory.history(fact_id, user_id=user_id)]}
 
     @v1.get("/memories/{fact_id}/versions", tags=["read"])
-    def versions(fact_id: Annotated[int, FactPath],
-                 user_id: OptionalScope = None) -> dict[str, Any]:
+    def versions(fact_id: Annotated[int, FactPath], user_id: OwnerQuery) -> dict[str, Any]:
         """Every version of the fact's lineage, oldest first."""
-        owned(fact_id, user_id)
-        return {"facts": [fact.to_dict() for fact in memory.versions(fact_id)]}
+        return {"facts": [fact.to_dict()
+                          for fact in memory.versions(fact_id, user_id=user_id)]}
 
     @v1.get("/timeline", tags=["read"])
     def timeline(user_id: ScopeQuery, since: TimeQuery = None, until: TimeQuery = None,

@@ -134,10 +134,8 @@ class ScopedMemory:
     def owned(self, fact_id: int) -> Fact:
         """The fact if it belongs to this scope; otherwise "not found", exactly as for an
         id that does not exist, so another user's ids reveal nothing."""
-        fact = self.memory.get(fact_id)
-        if fact.user_id != self.user_id or (
-            self.agent_id is not None and fact.agent_id != self.agent_id
-        ):
+        fact = self.memory.get(fact_id, user_id=self.user_id)
+        if self.agent_id is not None and fact.agent_id != self.agent_id:
             raise FactNotFoundError(f"no fact with id {fact_id}")
         return fact
 

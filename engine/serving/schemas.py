@@ -98,16 +98,16 @@ class UpdateRequest(_Body):
     valid_from: TimeText | None = None
     reason: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
     value: Text | None = None
-    user_id: ScopeId | None = Field(
-        None, description="When given, the fact must belong to this user (else 404)")
+    user_id: ScopeId = Field(
+        description="The fact's user: another user's fact answers 404, like a missing id")
 
 
 class ReasonRequest(_Body):
     """``Memory.restore`` (and a reason kept in the history)."""
 
     reason: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = None
-    user_id: ScopeId | None = Field(
-        None, description="When given, the fact must belong to this user (else 404)")
+    user_id: ScopeId = Field(
+        description="The fact's user: another user's fact answers 404, like a missing id")
 
 
 class PurgeRequest(_Body):

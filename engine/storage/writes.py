@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from engine.types import Event
+from engine.types import Event, Fact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,7 +57,9 @@ class NewEvent:
 class IndexChange:
     """What one committed unit changed in a user's current facts, for the indexes.
 
-    ``reset``: the change is not described (an import): drop the user's cached
+    ``added`` are the ids of the new current versions, ``facts`` their records and
+    ``vectors`` their embeddings (same order), so the indexes take them without a
+    query. ``reset``: the change is not described (an import): drop the user's cached
     indexes and rebuild them from the store.
     """
 
@@ -65,6 +67,7 @@ class IndexChange:
     generation: int
     added: list[int] = field(default_factory=list)
     vectors: np.ndarray | None = None
+    facts: list[Fact] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
     reset: bool = False
 
@@ -78,7 +81,7 @@ class WriteTx:
         self.recorded = recorded
         self._new_events: list[NewEvent] = []
         self._events: list[Event] = []
-        self._added: dict[str, list[tuple[int, Any]]] = {}
+        self._added: dict[str, list[tuple[Fact, Any]]] = {}
         self._removed: dict[str, list[int]] = {}
         self._reset: set[str] = set()
 
@@ -90,7 +93,8 @@ class WriteTx:
         ids = self.store.insert_facts(facts, vectors, recorded_at=self.recorded)
         for row, (fact, fact_id) in enumerate(zip(facts, ids, strict=True)):
             if fact.valid_to is None:
-                self._added.setdefault(fact.user_id, []).append((fact_id, vectors[row]))
+                self._added.setdefault(fact.user_id, []).append(
+                    (fact.record(fact_id, self.recorded), vectors[row]))
         return ids
 
     def retire(
@@ -165,9 +169,9 @@ class WriteTx:
             removed = self._removed.get(user, [])
             gone = set(removed)
             # a version inserted and retired in the same unit never reaches an index
-            added = [(i, v) for i, v in self._added.get(user, []) if i not in gone]
+            added = [(f, v) for f, v in self._added.get(user, []) if f.id not in gone]
             changes.append(IndexChange(
-                user, generations[user], added=[i for i, _ in added],
+                user, generations[user], added=[f.id for f, _ in added],
                 vectors=np.stack([v for _, v in added]) if added else None,
-                removed=list(removed)))
+                facts=[f for f, _ in added], removed=list(removed)))
         return changes
