@@ -113,6 +113,8 @@ class KillResult:
     rebuilt_indexes: int = 0
     purged_bytes_left: int = 0
     seconds_alive: float = 0.0
+    requests: int = 0
+    """Requests answered before the kill (server rounds only)."""
 
 
 def _read_acks(path: Path) -> list[dict[str, Any]]:

@@ -3,9 +3,15 @@
 - crash safety: ``--kills`` SIGKILLs of a child ingesting on one store (raw, inferred,
   background adds, flushes, purges), each followed by a full check
   (:mod:`benchmarks.crash_harness`); ``--lm NAME`` adds ``--lm-kills`` rounds with a real GGUF;
+- a killed server: ``--server-kills`` SIGKILLs of a real ``memengine serve`` while client
+  threads add and search over HTTP (:mod:`benchmarks.server_kill`), same checks;
 - erasure: bytes of purged users' strings left in the store's files, and what the purge's
   file rewrite costs at a few store sizes;
 - network: refused attempts seen by :mod:`engine.netguard` during the whole run.
+
+``--parts`` runs some of them (``crash``, ``purge``, ``server``); the parts not run are kept
+from the results file of an earlier run, with the command that produced them, so one part
+can be measured again without the whole run.
 
 Writes ``benchmarks/results/reliability.md`` and ``.json`` (with the CPU).
 """
@@ -13,6 +19,7 @@ Writes ``benchmarks/results/reliability.md`` and ``.json`` (with the CPU).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -22,8 +29,11 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, machine_info, progress, write_results
 from benchmarks.crash_harness import kill_round
+from benchmarks.server_kill import server_round
 
 __all__ = ["main"]
+
+PARTS = ("crash", "purge", "server")
 
 
 def crash_runs(kills: int, lm: str | None, seed: int, max_delay: float) -> dict[str, Any]:
@@ -46,6 +56,33 @@ def crash_runs(kills: int, lm: str | None, seed: int, max_delay: float) -> dict[
     return {"extractor": lm or "scripted", "kills": kills, "acknowledged_operations": acknowledged,
             "pending_on_open": pending, "indexes_rebuilt": rebuilt, "problems": problems[:50],
             "problem_count": len(problems), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def server_runs(kills: int, clients: int, seed: int, max_delay: float,
+                lm: str | None = None) -> dict[str, Any]:
+    """``kills`` rounds of a served store killed under load, on one store (with ``lm``, the
+    server extracts with that GGUF; without, inferred adds stay pending in it)."""
+    work = Path(tempfile.mkdtemp(prefix="memengine-serverkill-"))
+    db, acks = work / "store" / "served.duckdb", work / "served.acks"
+    problems: list[str] = []
+    pending = requests = acknowledged = 0
+    started = time.perf_counter()
+    try:
+        for n in progress(range(kills), total=kills, desc="server kills"):
+            result = server_round(db, acks, seed=seed + n, max_delay=max_delay,
+                                  clients=clients, lm=lm, timeout=600)
+            problems += [f"kill {n}: {p}" for p in result.problems]
+            pending += result.pending_on_open
+            requests += result.requests
+            acknowledged = result.acknowledged
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    extractor = lm or "none in the server (inferred adds stay pending), scripted on open"
+    return {"extractor": extractor,
+            "kills": kills, "clients": clients, "requests_answered": requests,
+            "acknowledged_operations": acknowledged, "pending_on_open": pending,
+            "problems": problems[:50], "problem_count": len(problems),
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def purge_costs(sizes: list[int]) -> list[dict[str, Any]]:
@@ -90,6 +127,13 @@ def _markdown(data: dict[str, Any]) -> str:
         lines.append(f"| SIGKILL during ingest ({crash['extractor']}): kills survived, "
                      f"{crash['acknowledged_operations']} acknowledged operations checked "
                      f"| {crash['kills']} | {crash['problem_count']} lost or inconsistent |")
+    for row in data["results"].get("server", []):
+        lm = "" if row["extractor"].startswith("none") else f", {row['extractor']} extracting"
+        lines.append(f"| SIGKILL of `memengine serve` under load ({row['clients']} client threads"
+                     f"{lm}, "
+                     f"{row['requests_answered']:,} requests answered): kills survived, "
+                     f"{row['acknowledged_operations']} acknowledged adds checked "
+                     f"| {row['kills']} | {row['problem_count']} lost or inconsistent |")
     for row in data["results"]["purge"]:
         lines.append(f"| purge at {row['facts']:,} facts ({row['file_mb']} MB): purged strings "
                      f"searched in the files' bytes | {row['purged_strings']} | "
@@ -99,7 +143,25 @@ def _markdown(data: dict[str, Any]) -> str:
     lines += ["", "Indexes rebuilt after a kill (a stale or torn index file, rebuilt from "
               "DuckDB): " + ", ".join(str(c["indexes_rebuilt"]) for c in
                                       data["results"]["crash"]), ""]
+    commands = data["results"].get("commands", {})
+    if len(set(commands.values())) > 1:
+        lines += ["Rows by command (parts measured in separate runs, same machine):", ""]
+        lines += [f"- {part}: `python -m benchmarks reliability {argv}`"
+                  for part, argv in commands.items()]
+        lines.append("")
     return "\n".join(lines)
+
+
+def _earlier() -> dict[str, Any]:
+    """The results of the last run, if its file is there and readable."""
+    try:
+        data = json.loads((RESULTS_DIR / "reliability.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    results = data.get("results", {})
+    argv = " ".join(data.get("config", {}).get("argv", []))
+    results.setdefault("commands", {part: argv for part in PARTS if part in results})
+    return dict(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", default=None, help="also run kills with this GGUF")
     parser.add_argument("--lm-kills", type=int, default=20)
     parser.add_argument("--purge-sizes", default="1000,10000,50000")
+    parser.add_argument("--server-kills", type=int, default=20)
+    parser.add_argument("--server-clients", type=int, default=4)
+    parser.add_argument("--server-lm", default=None,
+                        help="also run server kills with this GGUF extracting in the server")
+    parser.add_argument("--server-lm-kills", type=int, default=5)
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="which parts to run (crash, purge, server); the others are "
+                             "kept from the last results file")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="10 kills, small purges")
     args = parser.parse_args(argv)
@@ -117,16 +187,41 @@ def main(argv: list[str] | None = None) -> int:
 
     netguard.install()
     if args.quick:
-        args.kills, args.purge_sizes, args.lm_kills = 10, "1000", 3
-    crash = [crash_runs(args.kills, None, args.seed, args.max_delay)]
-    if args.lm:
-        crash.append(crash_runs(args.lm_kills, args.lm, args.seed + 10_000, args.max_delay * 8))
-    purge = purge_costs([int(s) for s in args.purge_sizes.split(",")])
+        args.kills, args.purge_sizes, args.lm_kills, args.server_kills = 10, "1000", 3, 3
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    results = _earlier() if set(parts) != set(PARTS) else {}
+    missing = [p for p in PARTS if p not in parts and p not in results]
+    if missing:
+        parser.error(f"no earlier results for {', '.join(missing)}: run those parts too")
+    commands = dict(results.get("commands", {}))
+    earlier_attempts = list(results.get("network_attempts", []))
+    if "crash" in parts:
+        results["crash"] = [crash_runs(args.kills, None, args.seed, args.max_delay)]
+        if args.lm:
+            results["crash"].append(crash_runs(args.lm_kills, args.lm, args.seed + 10_000,
+                                               args.max_delay * 8))
+    if "purge" in parts:
+        results["purge"] = purge_costs([int(s) for s in args.purge_sizes.split(",")])
+    if "server" in parts:
+        results["server"] = [server_runs(args.server_kills, args.server_clients,
+                                         args.seed + 20_000, args.max_delay)]
+        if args.server_lm:
+            results["server"].append(server_runs(
+                args.server_lm_kills, args.server_clients, args.seed + 30_000,
+                args.max_delay * 8, lm=args.server_lm))
+    for part in parts:
+        commands[part] = " ".join(argv or [])
+    results["commands"] = commands
+    results["network_attempts"] = earlier_attempts + netguard.attempts()
+    crash, purge = results["crash"], results["purge"]
     data = {"machine": machine_info(), "config": {**vars(args), "argv": argv or []},
-            "results": {"crash": crash, "purge": purge, "network_attempts": netguard.attempts()}}
+            "results": results}
     write_results("reliability", data["config"], data["results"])
     (RESULTS_DIR / "reliability.md").write_text(_markdown(data))
     print(_markdown(data))
-    failed = sum(c["problem_count"] for c in crash) + sum(p["strings_left_on_disk"]
-                                                          for p in purge)
+    failed = sum(c["problem_count"] for c in crash + results.get("server", [])) + sum(
+        p["strings_left_on_disk"] for p in purge)
     return 1 if failed or data["results"]["network_attempts"] else 0

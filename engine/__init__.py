@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import (
     AuthenticationError,
     ChecksumMismatchError,
+    DiskFullError,
     EmbedderMismatchError,
     EngineError,
     ExtractionError,
@@ -41,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "ChecksumMismatchError",
     "Context",
+    "DiskFullError",
     "EmbedderMismatchError",
     "EngineError",
     "Event",

@@ -5,6 +5,9 @@
   i.e. ``~/.local/share/memengine``).
 * ``MEMENGINE_EMBEDDER``: a model name from the manifest, a folder, or ``hashing``.
 * ``MEMENGINE_DEVICE``: ``auto`` (default), ``cpu``, ``cuda``...
+* ``MEMENGINE_LM_TIMEOUT_S``: the most seconds one LM call may take (default
+  :data:`DEFAULT_LM_TIMEOUT_S`; ``0`` or ``none`` means no limit). A message whose
+  extraction runs past it stays stored as pending, with the reason, and is retried.
 
 The vector index of a store lives beside it, in ``<db file>.index/``.
 """
@@ -14,11 +17,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["MAX_TEXT_CHARS", "default_db_path", "default_device", "default_embedder",
-           "index_dir_for"]
+from engine.errors import InvalidInputError
+
+__all__ = ["DEFAULT_LM_TIMEOUT_S", "MAX_TEXT_CHARS", "default_db_path", "default_device",
+           "default_embedder", "index_dir_for", "lm_timeout_s"]
 
 MAX_TEXT_CHARS = 100_000
 """Longest text accepted for one message or fact; longer input is an error, not a cut."""
+
+DEFAULT_LM_TIMEOUT_S = 120.0
+"""The default limit of one LM call: far above a normal extraction call of the default
+model on a laptop CPU, so it only stops a model that loops or a machine that stalls."""
 
 
 def data_home() -> Path:
@@ -50,3 +59,22 @@ def default_embedder() -> str | None:
 
 def default_device() -> str:
     return os.environ.get("MEMENGINE_DEVICE", "auto")
+
+
+def lm_timeout_s() -> float | None:
+    """The limit of one LM call in seconds from ``MEMENGINE_LM_TIMEOUT_S`` (None: no limit)."""
+    raw = os.environ.get("MEMENGINE_LM_TIMEOUT_S", "").strip()
+    if not raw:
+        return DEFAULT_LM_TIMEOUT_S
+    if raw.lower() == "none":
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise InvalidInputError(
+            f"MEMENGINE_LM_TIMEOUT_S={raw!r} is not a number of seconds; set it to a positive "
+            "number, or to 0 (or none) for no limit"
+        )
+    return seconds or None

@@ -10,6 +10,7 @@ Catch :class:`EngineError` to handle anything the engine reports. The tree::
     ├── FactNotFoundError            (also KeyError)    unknown fact id
     ├── StoreError                                      DuckDB problems
     │   ├── StoreLockedError                            another process holds the file
+    │   ├── DiskFullError                               no space (or a file size limit)
     │   ├── EmbedderMismatchError                       store made with another embedder
     │   └── SchemaVersionError                          store from a newer engine
     ├── VectorIndexError                                hnswlib index problems
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ChecksumMismatchError",
+    "DiskFullError",
     "EmbedderMismatchError",
     "EngineError",
     "ExtractionError",
@@ -84,6 +86,12 @@ class StoreError(EngineError):
 
 class StoreLockedError(StoreError):
     """Another process has the DuckDB file open for writing."""
+
+
+class DiskFullError(StoreError):
+    """A write failed for lack of space: the disk is full (ENOSPC), or a file reached the
+    size limit of the process (EFBIG) or a quota (EDQUOT). The change that failed was not
+    stored; what was stored before it is intact."""
 
 
 class EmbedderMismatchError(StoreError):

@@ -26,13 +26,14 @@ import os
 import re
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Generation", "Generator", "PrefixStore"]
+__all__ = ["Generation", "GenerationTimeout", "Generator", "PrefixStore"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,17 @@ class Generation:
     prefix_state: str = ""
     """"loaded" when the static prefix's KV state came from a file, "saved" when it was
     written to one in this call, else ""."""
+
+
+class GenerationTimeout(Exception):  # noqa: N818 (not an error of the caller's making)
+    """A generation reached its deadline: raised between two prompt batches or two tokens,
+    so the context stays consistent (it holds what was evaluated) and the next call reuses
+    it like any other."""
+
+    def __init__(self, seconds: float, tokens: int) -> None:
+        super().__init__(f"stopped after {seconds:.1f} s, {tokens} tokens generated")
+        self.seconds = seconds
+        self.tokens = tokens
 
 
 def _common(a: list[int], b: list[int]) -> int:
@@ -286,6 +298,7 @@ class Generator:
         template = llm.metadata.get("tokenizer.chat_template")
         self.prefix_store = prefix_store
         self.prefix_state = ""
+        self._started = 0.0
         self._formatter: Any = None
         self._history_formatter: Any = None
         if template:
@@ -339,7 +352,19 @@ class Generator:
         llm._ctx.kv_cache_clear()
         return 0
 
-    def _eval_prompt(self, tokens: list[int], static: int = 0) -> int:
+    def _eval(self, tokens: list[int], deadline: float | None) -> None:
+        """``llm.eval(tokens)``, one batch at a time, checking ``deadline`` before each."""
+        step = max(1, int(self.llm.n_batch))
+        for start in range(0, len(tokens), step):
+            self._check(deadline, 0)
+            self.llm.eval(tokens[start: start + step])
+
+    def _check(self, deadline: float | None, generated: int) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise GenerationTimeout(time.monotonic() - self._started, generated)
+
+    def _eval_prompt(self, tokens: list[int], static: int = 0,
+                     deadline: float | None = None) -> int:
         """Evaluate ``tokens``, reusing the KV cache of the longest common prefix.
 
         With a prefix store and a ``static`` prefix longer than what the context holds,
@@ -358,12 +383,12 @@ class Generator:
                 prefix, self.prefix_state = static, "loaded"
             else:
                 prefix = min(prefix, llm.n_tokens)  # a failed load empties the context
-                llm.eval(tokens[prefix:static])
+                self._eval(tokens[prefix:static], deadline)
                 if store.save(llm, head):
                     self.prefix_state = "saved"
-                llm.eval(tokens[static:])
+                self._eval(tokens[static:], deadline)
                 return prefix
-        llm.eval(tokens[prefix:])
+        self._eval(tokens[prefix:], deadline)
         return prefix
 
     def _logits(self) -> np.ndarray:
@@ -404,9 +429,14 @@ class Generator:
         seed: int = 0,
         stop: list[str] | None = None,
         schema: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> Generation:
-        """Generate a reply; with ``schema`` the reply is JSON matching it."""
+        """Generate a reply; with ``schema`` the reply is JSON matching it. With
+        ``timeout`` (seconds), :class:`GenerationTimeout` is raised once it has passed."""
         from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        self._started = time.monotonic()
+        deadline = None if timeout is None else self._started + timeout
 
         tokens, template_stops = self.prompt_tokens(messages)
         n_ctx = self.llm.n_ctx()
@@ -420,13 +450,14 @@ class Generator:
             grammar = _Grammar(self._lib, self._vocab, gbnf)
         rng = np.random.default_rng(seed)
         static = self.static_prefix(messages, tokens) if self.prefix_store is not None else 0
-        reused = self._eval_prompt(tokens, static)
         out: list[int] = []
         text = b""
         finish = "length"
         fallbacks = 0
         try:
+            reused = self._eval_prompt(tokens, static, deadline)
             for _ in range(max_tokens):
+                self._check(deadline, len(out))
                 logits = self._logits()
                 token = self._pick(logits, temperature, rng)
                 if grammar is not None and not self._grammar_ok(grammar, token):
@@ -462,12 +493,28 @@ class Generator:
     def generate_stock(self, messages: list[dict[str, str]],
                        response_format: dict[str, Any] | None, *, max_tokens: int = 512,
                        temperature: float = 0.0, seed: int = 0,
-                       stop: list[str] | None = None) -> Generation:
+                       stop: list[str] | None = None,
+                       timeout: float | None = None) -> Generation:
         """The same call through llama-cpp-python's ``create_chat_completion`` (for
-        comparison: it filters the whole vocabulary through the grammar at each token)."""
+        comparison: it filters the whole vocabulary through the grammar at each token).
+        The deadline is checked by a logits processor, the hook it calls at each token."""
+        from llama_cpp.llama import LogitsProcessorList
+
+        self._started = time.monotonic()
+        deadline = None if timeout is None else self._started + timeout
+        generated = 0
+
+        def check_deadline(input_ids: Any, scores: Any) -> Any:
+            nonlocal generated
+            self._check(deadline, generated)
+            generated += 1
+            return scores
+
         body = self.llm.create_chat_completion(
             messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
-            stop=stop or None, response_format=response_format)
+            stop=stop or None, response_format=response_format,
+            logits_processor=None if deadline is None else
+            LogitsProcessorList([check_deadline]))
         usage = body.get("usage") or {}
         choice = body["choices"][0]
         return Generation(text=choice["message"]["content"] or "",

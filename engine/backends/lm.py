@@ -32,6 +32,12 @@ final user message) is kept on disk in
 ``kv_cache_dir`` (:class:`engine.backends.llamagen.PrefixStore`), so a new process's first call
 loads it instead of evaluating it again.
 
+Deadline: one call may take at most ``timeout`` seconds (default
+``MEMENGINE_LM_TIMEOUT_S``, :func:`engine.config.lm_timeout_s`): the in-process engine checks
+it between prompt batches and between tokens, the server engine uses it as the socket
+timeout. A call past it raises ``dspy.lm15.TimeoutError``, so a model that loops or a
+stalled machine cannot hold a message's extraction, and the engine's lock, for ever.
+
 Nothing here imports DSPy or llama.cpp at module level: ``import engine`` stays light.
 Loading problems raise :class:`~engine.errors.ModelError`; generation problems raise
 ``dspy.lm15`` errors, as DSPy's engine contract asks, and DSPy wraps them.
@@ -55,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from engine import config as engine_config
 from engine.errors import ModelError
 
 if TYPE_CHECKING:
@@ -282,7 +289,10 @@ class LlamaCppEngine:
     llama.cpp model of its own; with ``slots=1`` every program and the chat share one).
     ``kv_cache_dir`` keeps the KV state of each prompt's static prefix on disk for the
     next process (see :func:`resolve_kv_dir` for the default; ``False`` disables it), at
-    most ``kv_cache_files`` files, least recently used removed first.
+    most ``kv_cache_files`` files, least recently used removed first. ``timeout`` is the
+    most seconds one :meth:`complete` may generate for (None: ``MEMENGINE_LM_TIMEOUT_S``
+    or its default; 0: no limit); waiting for another call and loading the model do not
+    count.
     """
 
     supports_response_schema = True
@@ -305,9 +315,11 @@ class LlamaCppEngine:
         lazy_grammar: bool = True,
         kv_cache_dir: str | Path | Literal[False] | None = None,
         kv_cache_files: int = 8,
+        timeout: float | None = None,
         verbose: bool = False,
     ) -> None:
         self.model_path = check_gguf(model_path)
+        self.timeout = _timeout(timeout)
         self.kv_cache_dir = resolve_kv_dir(kv_cache_dir)
         self.kv_cache_files = kv_cache_files
         self._prefix_store: Any = None
@@ -457,14 +469,20 @@ class LlamaCppEngine:
             schema = {"type": "object"}  # plain JSON mode: any object
         key = hashlib.sha256(messages[0]["content"].encode()).hexdigest() if (
             messages and messages[0]["role"] == "system") else ""
+        from engine.backends.llamagen import GenerationTimeout
+
         with self._lock:
             generator = self._context(key)
             start = time.perf_counter()
             try:
                 if self.lazy_grammar:
-                    out = generator.generate(messages, schema=schema, **kwargs)
+                    out = generator.generate(messages, schema=schema, timeout=self.timeout,
+                                             **kwargs)
                 else:
-                    out = generator.generate_stock(messages, response_format, **kwargs)
+                    out = generator.generate_stock(messages, response_format,
+                                                   timeout=self.timeout, **kwargs)
+            except GenerationTimeout as exc:
+                raise _timeout_error(self.name, self.timeout, str(exc), "llama.cpp") from exc
             except ValueError as exc:
                 if "context window" in str(exc):
                     raise ContextLengthError(str(exc), provider="llama.cpp") from exc
@@ -546,6 +564,21 @@ class LlamaCppEngine:
 # ----------------------------------------------------------------------- server engine
 
 
+def _timeout(value: float | None) -> float | None:
+    """An engine's call limit: ``value`` (0: none), else the configured one."""
+    if value is None:
+        return engine_config.lm_timeout_s()
+    return float(value) if value > 0 else None
+
+
+def _timeout_error(name: str, limit: float | None, detail: str, provider: str) -> Exception:
+    from dspy.lm15 import TimeoutError as LMTimeoutError
+
+    return LMTimeoutError(
+        f"{name} ran past its {limit:g} s limit for one call ({detail}); raise "
+        "MEMENGINE_LM_TIMEOUT_S (0 means no limit) or use a faster model", provider=provider)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -563,7 +596,8 @@ class LlamaServerEngine:
     machine by accident. ``schema_style`` says how the JSON schema is sent:
     ``"llama-cpp-python"`` (``{"type": "json_object", "schema": ...}``, what
     ``memengine serve-lm`` runs) or ``"openai"`` (``{"type": "json_schema", ...}``, for
-    llama.cpp's C++ ``llama-server`` and other OpenAI-compatible servers).
+    llama.cpp's C++ ``llama-server`` and other OpenAI-compatible servers). ``timeout`` is
+    the socket timeout of a call, as for :class:`LlamaCppEngine`.
     """
 
     supports_response_schema = True
@@ -576,7 +610,7 @@ class LlamaServerEngine:
         base_url: str = "http://127.0.0.1:8765",
         *,
         model: str = "local",
-        timeout: float = 300.0,
+        timeout: float | None = None,
         max_tokens: int = 512,
         seed: int = 0,
         schema_style: str = "llama-cpp-python",
@@ -595,7 +629,7 @@ class LlamaServerEngine:
         root = base_url.rstrip("/")
         self.url = (root if root.endswith("/v1") else root + "/v1") + "/chat/completions"
         self.name = model
-        self.timeout = timeout
+        self.timeout = _timeout(timeout)
         self.max_tokens = max_tokens
         self.seed = seed
         self.schema_style = schema_style
@@ -638,7 +672,14 @@ class LlamaServerEngine:
             detail = exc.read().decode("utf-8", "replace")[:500]
             cls = InvalidRequestError if 400 <= exc.code < 500 else ServerError
             raise cls(f"{self.url}: {detail}", provider="llama-server", status=exc.code) from exc
-        except (urllib.error.URLError, OSError) as exc:
+        except (TimeoutError, urllib.error.URLError) as exc:
+            if not isinstance(getattr(exc, "reason", exc), TimeoutError):
+                raise TransportError(
+                    f"cannot reach the LM server at {self.url}: {exc} "
+                    "(start one with `memengine serve-lm`)", provider="llama-server") from exc
+            raise _timeout_error(self.name, self.timeout, f"no answer from {self.url}",
+                                 "llama-server") from exc
+        except OSError as exc:
             raise TransportError(
                 f"cannot reach the LM server at {self.url}: {exc} "
                 "(start one with `memengine serve-lm`)", provider="llama-server") from exc
@@ -678,17 +719,37 @@ def make_lm(engine: Any, *, max_tokens: int = 512, temperature: float = 0.0) -> 
 
 
 def schema_adapter() -> Any:
-    """A ``dspy.JSONAdapter`` whose JSON schema keeps the output fields' constraints.
+    """A ``dspy.JSONAdapter`` whose JSON schema keeps the output fields' constraints, and
+    that refuses an answer whose JSON object is cut off.
 
     DSPy builds the schema from each output field's bare annotation and drops
     ``Annotated`` metadata such as ``Field(max_length=8)`` on a list, so a small model
     could loop, repeating list items until ``max_tokens`` cut the JSON. This adapter puts
     the metadata back (``maxItems`` and the like), so llama.cpp's grammar enforces it.
+
+    DSPy's own parser repairs broken JSON (``json_repair``): an answer cut at
+    ``max_tokens`` came back closed, its last item half a sentence ("User adopted a c"),
+    and was stored as a fact. Here an answer whose first JSON object does not parse as
+    written is a parse error, which the extractor retries and then reports.
     """
     dspy = import_dspy()
     import pydantic
+    from dspy.utils.exceptions import AdapterParseError
 
     class SchemaJSONAdapter(dspy.JSONAdapter):  # type: ignore[name-defined]
+        def parse(self, signature: Any, completion: str) -> dict[str, Any]:
+            start = completion.find("{")
+            try:
+                json.JSONDecoder().raw_decode(completion, max(start, 0))
+            except ValueError as exc:
+                raise AdapterParseError(
+                    adapter_name=type(self).__name__, signature=signature,
+                    lm_response=completion[:500],
+                    message=f"the answer is not a whole JSON object ({exc}); it may have "
+                            "been cut off at max_tokens") from exc
+            result: dict[str, Any] = super().parse(signature, completion)
+            return result
+
         def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any],
                                      signature: Any) -> None:
             super()._prepare_response_format(lm, lm_kwargs, signature)

@@ -14,6 +14,7 @@ Every error answer has a JSON body ``{"error": <engine error class name>, "messa
        SchemaVersionError
 413    TooLargeError: a text, list or body over its limit
 423    StoreLockedError
+507    DiskFullError: no space left for the store
 503    ModelError and its subclasses, ExtractionError: the LM is missing or not ready
 500    anything else (a fault of the server, logged with its traceback)
 =====  ==========================================================================
@@ -43,6 +44,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.EngineError], int], ...] = (
     (errors.ImportFormatError, 400),
     (errors.FactNotFoundError, 404),
     (errors.StoreLockedError, 423),
+    (errors.DiskFullError, 507),
     (errors.EmbedderMismatchError, 409),
     (errors.SchemaVersionError, 409),
     (errors.ModelError, 503),

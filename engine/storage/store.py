@@ -19,6 +19,7 @@ committed state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
+    DiskFullError,
     EmbedderMismatchError,
+    EngineError,
     FactNotFoundError,
     SchemaVersionError,
     StoreError,
@@ -158,8 +161,52 @@ def _loads(raw: str | None) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_DISK_FULL_WORDS = ("no space left on device", "file too large", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, or a DuckDB error quoting one) means no space is left."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(words in text for words in _DISK_FULL_WORDS)
+
+
+def disk_full_error(path: str, exc: BaseException) -> DiskFullError:
+    """The error for a write to the store at ``path`` that failed for lack of space."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DiskFullError(
+        f"no space left to write {path}: the disk is full or a file size limit was reached "
+        f"({detail}). This change was not stored; everything stored before it is intact. "
+        "Free some space (or move the store to a bigger disk with --db / MEMENGINE_DB), "
+        "then retry"
+    )
+
+
+def not_writable_error(path: str, detail: str) -> StoreError:
+    """The error for a store whose folder or file this process may not write."""
+    return StoreError(
+        f"cannot write the store at {path} ({detail}): a store opened for writing needs a "
+        "folder it can write, for the database file, its write-ahead log and its index. "
+        "Use a writable folder (--db / MEMENGINE_DB), or open the store read-only "
+        "(Memory(path, read_only=True)) to search it"
+    )
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    return isinstance(exc, PermissionError) or "permission denied" in str(exc).lower()
+
+
 class Store:
-    """A DuckDB database file (or ``:memory:``) holding one memory store."""
+    """A DuckDB database file (or ``:memory:``) holding one memory store.
+
+    A write that fails for lack of space raises :class:`~engine.errors.DiskFullError`
+    (the transaction rolled back); DuckDB reports it as an IO or transaction error that
+    quotes the operating system's message. A folder this process may not write is refused
+    when opening for writing (DuckDB would open the file, then fail at the first commit,
+    when it creates the write-ahead log); a read-only open works there.
+    """
 
     def __init__(
         self,
@@ -180,7 +227,15 @@ class Store:
                     f"no store at {self.path} yet: add something first (memengine add ...), "
                     "or pass the right --db"
                 )
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.path).parent
+            if not read_only:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise not_writable_error(self.path, f"cannot create {folder}: "
+                                             f"{exc.strerror or exc}") from exc
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise not_writable_error(self.path, f"no permission to write in {folder}")
         try:
             self._con: duckdb.DuckDBPyConnection = duckdb.connect(
                 self.path, read_only=read_only
@@ -195,6 +250,8 @@ class Store:
                     "through it (one server process for all clients). A read-only open "
                     "works once no process has it open for writing."
                 ) from exc
+            if _permission_denied(exc) and not read_only:
+                raise not_writable_error(self.path, message.splitlines()[0]) from exc
             raise StoreError(f"cannot open {self.path}: {message}") from exc
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
@@ -332,6 +389,14 @@ class Store:
                 self._pending_generations.clear()
                 self._generations.update(pending)
                 committed, self._pending_changes = self._pending_changes, []
+        except Exception as exc:
+            if isinstance(exc, EngineError):
+                raise
+            if is_disk_full(exc):
+                raise disk_full_error(self.path, exc) from exc
+            if _permission_denied(exc):
+                raise not_writable_error(self.path, str(exc).splitlines()[0]) from exc
+            raise
         finally:
             # Outside the lock: listeners take index locks, which are held while
             # indexes load from the store.
@@ -806,7 +871,8 @@ class Store:
             _fsync(fresh)
         except (duckdb.Error, OSError) as exc:
             _remove_database_files(fresh)
-            raise StoreError(
+            cls = DiskFullError if is_disk_full(exc) else StoreError
+            raise cls(
                 f"the rows were deleted but {self.path} could not be rewritten ({exc}), so "
                 "their bytes may remain in the file: free some disk space and purge again"
             ) from exc
