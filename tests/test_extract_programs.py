@@ -245,7 +245,7 @@ def _smollm2() -> str:
 
 @pytest.mark.model
 def test_real_small_model_extracts_within_the_contract() -> None:
-    with DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256) as extractor:
+    with DspyExtractor(_smollm2(), n_ctx=4096, max_tokens=256) as extractor:
         known = [KnownFact("User lives in Lisbon", "user", "home city", "Lisbon",
                            datetime(2024, 5, 1))]
         try:
@@ -262,7 +262,7 @@ def test_real_small_model_extracts_within_the_contract() -> None:
 def test_a_real_model_never_stores_the_assistants_guess(make_memory) -> None:  # type: ignore[no-untyped-def]
     """A chat exchange through Memory.add with a real GGUF: whatever the small model reads
     into the assistant's reply, no stored fact names the city only the assistant said."""
-    extractor = DspyExtractor(_smollm2(), n_ctx=2048, max_tokens=256)
+    extractor = DspyExtractor(_smollm2(), n_ctx=4096, max_tokens=256)
     memory = make_memory(extractor=extractor, infer=True)
     result = memory.add([
         {"role": "user", "content": "I love cooking pasta on Sundays."},

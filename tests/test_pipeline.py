@@ -192,6 +192,16 @@ def test_a_preference_filed_under_hobbies_is_replaced_when_a_new_one_names_it(ma
     assert [(e.kind, e.old_text) for e in result.events] == [
         ("SUPERSEDE", "User loves coffee in the morning")]
     assert "User plays tennis" in [f.text for f in memory.get_all("u")]
+    # the same under a habit slot, with the value as the model writes it
+    memory = make_memory(extractor=ScriptedExtractor(
+        {"a": [fact("User loves coffee in the morning", "daily routine",
+                    "coffee in the morning")],
+         "b": [fact("User prefers green tea over coffee", "daily drink", "green tea")]}),
+        infer=True)
+    memory.add("a", user_id="v", observed_at=DAY1)
+    result = memory.add("b", user_id="v", observed_at=DAY30)
+    assert [(e.kind, e.old_text) for e in result.events] == [
+        ("SUPERSEDE", "User loves coffee in the morning")]
 
 
 def test_people_the_user_mentions_have_their_own_slots(make_memory) -> None:  # type: ignore[no-untyped-def]

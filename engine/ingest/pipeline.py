@@ -86,8 +86,8 @@ fact (a paraphrase: "User lives in Porto" and "User is living in Porto")."""
 SAME_THING_MIN_SIMILARITY = 0.68
 """Cosine similarity above which a fact with an unmatched slot name replaces a current
 single-valued fact of the same subject (see ``_same_thing``)."""
-GENERIC_SLOTS = frozenset({"likes", "dislikes", "hobbies"})
-"""Multi-valued slots a small model uses for any preference (see ``_named_preference``)."""
+GENERIC_SLOTS = frozenset({"likes", "dislikes", "hobbies", "daily routine"})
+"""Slots a small model uses for any preference or habit (see ``_named_preference``)."""
 CORRECTION_WINDOW = timedelta(days=1)
 """A contradiction of a fact said this recently, naming no date of its own, corrects it."""
 NAMED_CORRECTION_WINDOW = timedelta(days=7)
@@ -378,14 +378,16 @@ def _same_thing(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: s
 
 def _named_preference(decision: Decision, peers: list[tuple[Ref, _Stored]], subject: str,
                       close: Any) -> None:
-    """A single-valued fact that names a value held in one of the subject's catch-all
-    slots (``GENERIC_SLOTS``: a small model files "loves coffee in the morning" under
-    hobbies) replaces it: "User prefers green tea over coffee" ends "User loves coffee"."""
+    """A single-valued fact that names what a value held in one of the subject's catch-all
+    slots is about (``GENERIC_SLOTS``; its first word: a small model files "loves coffee in
+    the morning" under hobbies or daily routine, value "coffee in the morning") replaces
+    it: "User prefers green tea over coffee" ends "User loves coffee in the morning"."""
     said = set(normalise_value(decision.text).split())
     for ref, stored in peers:
-        if stored.slot in GENERIC_SLOTS and same_subject(stored.subject or "user", subject):
-            words = set(normalise_value(stored.value or "").split())
-            if words and words <= said and stored.value != decision.value:
+        if stored.slot in GENERIC_SLOTS and stored.slot != decision.slot and \
+                same_subject(stored.subject or "user", subject):
+            words = normalise_value(stored.value or "").split()
+            if words and words[0] in said and stored.value != decision.value:
                 close(ref, stored)
 
 
