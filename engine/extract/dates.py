@@ -140,7 +140,7 @@ def date_hints(text: str, today: date) -> str:
             # "in January" is past or future depending on the tense: give both.
             other = resolved.replace(year=resolved.year - 1)
             seen[expr] = f"{other.isoformat()} if past, {resolved.isoformat()} if future"
-    for match in re.finditer(r"\b(1[89]\d\d|20\d\d)\b", text):
+    for match in re.finditer(rf"\b{_YEAR}\b", text):
         year = int(match.group(1))
         if year < today.year and match.group(1) not in seen:
             seen[match.group(1)] = date(year, 1, 1).isoformat()  # "in 2019": any language

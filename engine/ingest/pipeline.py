@@ -188,10 +188,11 @@ def decide(
         known = [KnownFact(f.text, f.subject, f.slot, f.value, f.valid_from) for f in stored]
         facts = [f for f in extractor.extract(turns, known) if f.text.strip()]
         said, context = user_said(turns), context_said(turns)
-        for dropped in [f for f in facts if borrowed(f, said, context)]:
+        theirs = [f for f in facts if borrowed(f, said, context)]
+        for dropped in theirs:
             log.info("dropped %r: its value %r is the assistant's words, not the user's",
                      dropped.text, dropped.value)
-        facts = [f for f in facts if not borrowed(f, said, context)]
+        facts = [f for f in facts if f not in theirs]
         if not facts:
             continue
         vectors = embedder.embed([f.text for f in facts])
@@ -280,21 +281,18 @@ def _decide_one(
         return decision  # a period that has ended is history: it changes no current fact
     # what this fact is compared with: the stored current facts, then this batch's
     peers: list[tuple[Ref, _Stored]] = [(Ref(fact_id=s.id), s) for s in slotted]
+    together: list[tuple[Ref, _Stored]] = []  # this message's earlier facts
     for position, earlier in enumerate(batch):
         ref = Ref(batch=offset + position)
         if content_hash(earlier.text) == digest:
             decision.duplicate_of = ref
             return decision
-        if earlier.duplicate_of is None and slot and earlier.slot == slot and \
-                normalise_value(earlier.value or "") == normalise_value(fact.value or "") and \
-                same_subject(earlier.subject or "user", subject) and fact.value:
-            decision.duplicate_of = ref  # the same slot and value twice: one fact
-            return decision
-        # facts of the same message never replace each other: they were said together
-        if earlier.duplicate_of is None and earlier.slot is not None \
-                and earlier.message_id != message.id:
-            peers.append((ref, _Stored(-1, earlier.text, earlier.subject, earlier.slot,
-                                       earlier.value, earlier.valid_from)))
+        if earlier.duplicate_of is None and earlier.slot is not None:
+            entry = (ref, _Stored(-1, earlier.text, earlier.subject, earlier.slot,
+                                  earlier.value, earlier.valid_from))
+            # facts of the same message never replace each other (they were said
+            # together), but the same slot and value twice is one fact
+            (together if earlier.message_id == message.id else peers).append(entry)
 
     def close(ref: Ref, old: _Stored) -> None:
         if ref in decision.supersedes or ref in decision.corrects:
@@ -302,10 +300,13 @@ def _decide_one(
         (decision.corrects if _corrects(old, fact, message) else decision.supersedes).append(ref)
 
     if slot:
-        same_slot = [(ref, s) for ref, s in peers
-                     if s.slot == slot and same_subject(s.subject or "user", subject)]
+        def in_slot(group: list[tuple[Ref, _Stored]]) -> list[tuple[Ref, _Stored]]:
+            return [(ref, s) for ref, s in group
+                    if s.slot == slot and same_subject(s.subject or "user", subject)]
+
+        same_slot = in_slot(peers)
         value = normalise_value(fact.value or "")
-        for ref, s in same_slot:
+        for ref, s in same_slot + in_slot(together):
             if value and normalise_value(s.value or "") == value:
                 decision.duplicate_of = ref
                 return decision

@@ -188,7 +188,7 @@ class Signals:
     named: np.ndarray
     timely: np.ndarray
     neighbours: np.ndarray
-    slotted: np.ndarray | None = None
+    slotted: np.ndarray
 
 
 @dataclass
@@ -266,8 +266,7 @@ def score(signals: Signals, weights: FusionWeights = HYBRID) -> Scored:
         recency = weights.recency * np.asarray(decay, dtype=np.float64)
     else:
         recency = np.zeros(n)
-    slot = (np.where(signals.slotted, weights.slot, 0.0)
-            if weights.slot and signals.slotted is not None else np.zeros(n))
+    slot = np.where(signals.slotted, weights.slot, 0.0) if weights.slot else np.zeros(n)
     base = vector + lexical + name + time + recency + slot
     padded = np.append(base, 0.0)
     around = padded[signals.neighbours] if n else np.zeros((0, 2))

@@ -331,9 +331,9 @@ class Searcher:
             timely=np.asarray([asks_when and mentions_time(d.text) for d in pool_documents],
                               dtype=bool),
             neighbours=neighbours,
-            slotted=np.asarray([bool(features.slots) and d.fact is not None
-                                and d.fact.slot in features.slots for d in pool_documents],
-                               dtype=bool),
+            slotted=np.asarray([d.fact is not None and d.fact.slot in features.slots
+                                for d in pool_documents], dtype=bool)
+            if features.slots and weights.slot else np.zeros(n, dtype=bool),
         )
         scored = score(signals, weights)
         wanted = scored.order[: request.k + 4].tolist()  # spares: one may be retired just now
