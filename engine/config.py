@@ -28,6 +28,11 @@ MAX_TEXT_CHARS = 100_000
 DEFAULT_LM_TIMEOUT_S = 120.0
 """The default limit of one LM call: far above a normal extraction call of the default
 model on a laptop CPU, so it only stops a model that loops or a machine that stalls."""
+DEFAULT_LM_DRAFT_TOKENS = 0
+"""Prompt-lookup drafting is off by default: on a 2-core CPU a batch of k tokens costs
+nearly k single steps, so drafts that are partly refused made generation slower
+(``benchmarks/README.md``). Where a batch costs about one step (a GPU), set
+``MEMENGINE_LM_DRAFT``."""
 
 
 def data_home() -> Path:
@@ -59,6 +64,20 @@ def default_embedder() -> str | None:
 
 def default_device() -> str:
     return os.environ.get("MEMENGINE_DEVICE", "auto")
+
+
+def lm_draft_tokens() -> int:
+    """How many tokens prompt-lookup decoding drafts at a time, from ``MEMENGINE_LM_DRAFT``
+    (0: off). Greedy generation only; the output is the model's own either way."""
+    raw = os.environ.get("MEMENGINE_LM_DRAFT", "").strip()
+    if not raw:
+        return DEFAULT_LM_DRAFT_TOKENS
+    if not raw.isdigit():
+        raise InvalidInputError(
+            f"MEMENGINE_LM_DRAFT={raw!r} is not a whole number of tokens; set it to 0 (off) "
+            f"or to how many tokens to draft at a time (default {DEFAULT_LM_DRAFT_TOKENS})"
+        )
+    return int(raw)
 
 
 def lm_timeout_s() -> float | None:

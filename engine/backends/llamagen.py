@@ -12,6 +12,12 @@ Across processes, :class:`PrefixStore` keeps the KV state of each prompt's *stat
 prefix* (everything before the final user message: DSPy's instructions and demos) in a
 file, so a fresh process loads it instead of evaluating ~1,000 tokens again.
 
+Fewer generated tokens: the opening a one-array schema forces (``{"facts":``) is
+evaluated with the prompt and its closing brace is appended, not generated
+(:func:`json_frame`). Prompt-lookup decoding (:func:`prompt_lookup`, off by default)
+drafts tokens from the prompt and checks them in one batch; it pays only where a batch of
+k tokens costs about one step.
+
 Used by :class:`engine.backends.lm.LlamaCppEngine`; nothing here imports DSPy.
 """
 
@@ -33,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Generation", "GenerationTimeout", "Generator", "PrefixStore"]
+__all__ = ["Generation", "GenerationTimeout", "Generator", "PrefixStore", "json_frame",
+           "prompt_lookup"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,10 @@ class Generation:
     reused_tokens: int
     finish_reason: str
     grammar_fallbacks: int = 0
+    drafted_tokens: int = 0
+    """Tokens proposed by prompt lookup (:func:`prompt_lookup`) and checked by the model."""
+    accepted_tokens: int = 0
+    """Drafted tokens the model agreed with: generated without a forward pass of their own."""
     prefix_state: str = ""
     """"loaded" when the static prefix's KV state came from a file, "saved" when it was
     written to one in this call, else ""."""
@@ -80,6 +91,62 @@ def _common(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def json_frame(schema: dict[str, Any] | None) -> tuple[str, str]:
+    """The opening and closing text a schema of one required array property forces
+    (``{"facts": [...]}``), as DSPy's demos write it (``json.dumps(indent=2)``); else
+    empty strings.
+
+    The opening is evaluated with the prompt, in one batch, instead of being generated a
+    token at a time; once the array is closed, the closing brace is added instead of
+    generated, and so is the end of the turn. The model writes exactly these
+    characters either way, so the answer is the same."""
+    if not schema or schema.get("type") != "object":
+        return "", ""
+    properties = schema.get("properties") or {}
+    if len(properties) != 1:
+        return "", ""
+    ((name, spec),) = properties.items()
+    if schema.get("required") != [name] or not isinstance(spec, dict) or (
+            spec.get("type") != "array"):
+        return "", ""
+    return "{\n  " + json.dumps(name) + ":", "}"
+
+
+def _closes(decoded: str, closing: str) -> bool:
+    """Whether ``decoded`` + ``closing`` is one whole JSON document (the array is shut)."""
+    if not decoded.rstrip().endswith("]"):
+        return False
+    try:
+        json.loads(decoded + closing)
+    except ValueError:
+        return False
+    return True
+
+
+def prompt_lookup(history: np.ndarray, limit: int, *, ngram: int = 3,
+                  min_ngram: int = 1) -> list[int]:
+    """Up to ``limit`` tokens that followed the last earlier occurrence of the end of
+    ``history``: a draft for prompt-lookup decoding (llama.cpp's "lookup" example).
+
+    The longest ending of ``ngram`` down to ``min_ngram`` tokens that occurs earlier in
+    ``history`` (the prompt and what was generated) wins, and its most recent occurrence
+    is used. Facts copy the message's words and the demos' JSON, so the model often
+    agrees with several drafted tokens at once.
+    """
+    n = len(history)
+    if limit <= 0 or n < 2:
+        return []
+    for size in range(min(ngram, n - 1), min_ngram - 1, -1):
+        tail = history[n - size:]
+        # windows starting at 0 .. n-size-1: every earlier occurrence, never the tail itself
+        windows = np.lib.stride_tricks.sliding_window_view(history[: n - 1], size)
+        hits = np.flatnonzero((windows == tail).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + size
+            return [int(t) for t in history[start: start + limit]]
+    return []
 
 
 class _Grammar:
@@ -285,11 +352,13 @@ class Generator:
     the context does not already hold it.
     """
 
-    def __init__(self, llm: Any, prefix_store: PrefixStore | None = None) -> None:
+    def __init__(self, llm: Any, prefix_store: PrefixStore | None = None, *,
+                 draft_tokens: int = 0) -> None:
         import llama_cpp
         from llama_cpp import llama_chat_format
 
         self.llm = llm
+        self.draft_tokens = max(0, draft_tokens)
         self._lib = llama_cpp
         self._vocab = llm._model.vocab
         self.n_vocab = llm.n_vocab()
@@ -364,12 +433,15 @@ class Generator:
             raise GenerationTimeout(time.monotonic() - self._started, generated)
 
     def _eval_prompt(self, tokens: list[int], static: int = 0,
-                     deadline: float | None = None) -> int:
+                     deadline: float | None = None) -> tuple[int, float | None]:
         """Evaluate ``tokens``, reusing the KV cache of the longest common prefix.
 
         With a prefix store and a ``static`` prefix longer than what the context holds,
         the static prefix's state is loaded from disk, or else evaluated on its own and
-        saved, before the rest. Returns the tokens not evaluated here."""
+        saved, before the rest. Evaluating it is a one-off cost, like loading the model,
+        so it does not count against ``deadline`` (on a slow machine it alone could pass
+        the limit on every try). Returns the tokens not evaluated here and the deadline,
+        moved by the time the static prefix took."""
         llm = self.llm
         self.prefix_state = ""
         cached = llm._input_ids[: llm.n_tokens].tolist()
@@ -383,13 +455,31 @@ class Generator:
                 prefix, self.prefix_state = static, "loaded"
             else:
                 prefix = min(prefix, llm.n_tokens)  # a failed load empties the context
-                self._eval(tokens[prefix:static], deadline)
+                started = time.monotonic()
+                self._eval(tokens[prefix:static], None)
                 if store.save(llm, head):
                     self.prefix_state = "saved"
+                if deadline is not None:
+                    deadline += time.monotonic() - started
                 self._eval(tokens[static:], deadline)
-                return prefix
+                return prefix, deadline
         self._eval(tokens[prefix:], deadline)
-        return prefix
+        return prefix, deadline
+
+    def _eval_rows(self, tokens: list[int]) -> list[np.ndarray]:
+        """Evaluate ``tokens`` (fewer than ``n_batch``) in one batch after what the context
+        holds, and return the logits after each of them (views valid until the next
+        evaluation)."""
+        llm = self.llm
+        n_past = llm.n_tokens
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[n_past: n_past + len(tokens)] = tokens
+        llm.n_tokens = n_past + len(tokens)
+        ctx = llm._ctx.ctx
+        return [np.ctypeslib.as_array(self._lib.llama_get_logits_ith(ctx, i),
+                                      shape=(self.n_vocab,)) for i in range(len(tokens))]
 
     def _logits(self) -> np.ndarray:
         ptr = self._lib.llama_get_logits_ith(self.llm._ctx.ctx, -1)
@@ -439,26 +529,44 @@ class Generator:
         deadline = None if timeout is None else self._started + timeout
 
         tokens, template_stops = self.prompt_tokens(messages)
+        opening, closing = json_frame(schema)
+        prefilled = self.llm.tokenize(opening.encode(), add_bos=False, special=False) \
+            if opening else []
         n_ctx = self.llm.n_ctx()
-        if len(tokens) + 1 > n_ctx:
-            raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
-        max_tokens = min(max_tokens, n_ctx - len(tokens))
+        n_prompt = len(tokens) + len(prefilled)
+        if n_prompt + 1 > n_ctx:
+            raise ValueError(f"Requested tokens ({n_prompt}) exceed context window of {n_ctx}")
+        max_tokens = min(max_tokens, n_ctx - n_prompt)
         stops = [*template_stops, *(stop or [])]
         grammar = None
         if schema is not None:
             gbnf = _SPACE_RE.sub(lambda _: _SPACE_RULE, json_schema_to_gbnf(json.dumps(schema)))
             grammar = _Grammar(self._lib, self._vocab, gbnf)
+            for token in prefilled:
+                if not self._grammar_ok(grammar, token):  # not this schema's opening after all
+                    grammar.close()
+                    grammar = _Grammar(self._lib, self._vocab, gbnf)
+                    prefilled, opening, closing = [], "", ""
+                    break
+                grammar.accept(token)
+        tokens = tokens + prefilled
         rng = np.random.default_rng(seed)
         static = self.static_prefix(messages, tokens) if self.prefix_store is not None else 0
         out: list[int] = []
-        text = b""
+        text = opening.encode()
         finish = "length"
         fallbacks = 0
+        history = np.empty(len(tokens) + max_tokens, dtype=np.int32)
+        history[: len(tokens)] = tokens
+        drafted = accepted = 0
         try:
-            reused = self._eval_prompt(tokens, static, deadline)
-            for _ in range(max_tokens):
+            reused, deadline = self._eval_prompt(tokens, static, deadline)
+            logits = self._logits()
+            # drafted tokens evaluated after the last chosen one, and the logits after each
+            pending: list[int] = []
+            rows: list[np.ndarray] = []
+            while len(out) < max_tokens:
                 self._check(deadline, len(out))
-                logits = self._logits()
                 token = self._pick(logits, temperature, rng)
                 if grammar is not None and not self._grammar_ok(grammar, token):
                     fallbacks += 1
@@ -467,18 +575,43 @@ class Generator:
                         finish = "stop"
                         break
                     token = self._pick(logits, temperature, rng, allowed)
+                drafted_right = bool(pending) and token == pending[0]
+                if pending and not drafted_right:  # drop the rest of the draft
+                    self._keep(self.llm.n_tokens - len(pending))
+                    pending, rows = [], []
                 if self._lib.llama_vocab_is_eog(self._vocab, token):
                     finish = "stop"
                     break
                 if grammar is not None:
                     grammar.accept(token)
+                history[len(tokens) + len(out)] = token
                 out.append(token)
                 text += self.llm.detokenize([token], prev_tokens=tokens + out[:-1])
                 decoded = text.decode("utf-8", errors="ignore")
                 if stops and any(s in decoded for s in stops):
                     finish = "stop"
                     break
-                self.llm.eval([token])
+                if closing and _closes(decoded, closing):  # the rest is forced: no need to
+                    text += closing.encode()              # generate it token by token
+                    finish = "stop"
+                    break
+                if drafted_right:  # already evaluated, with the logits that follow it
+                    pending.pop(0)
+                    logits = rows.pop(0)
+                    accepted += 1
+                    continue
+                draft: list[int] = []
+                if self.draft_tokens and temperature <= 0:
+                    room = min(max_tokens - len(out), self.llm.n_ctx() - self.llm.n_tokens - 1)
+                    draft = prompt_lookup(history[: len(tokens) + len(out)],
+                                          min(self.draft_tokens, room))
+                if draft:
+                    drafted += len(draft)
+                    every = self._eval_rows([token, *draft])
+                    logits, rows, pending = every[0], every[1:], draft
+                else:
+                    self.llm.eval([token])
+                    logits = self._logits()
         finally:
             if grammar is not None:
                 grammar.close()
@@ -488,7 +621,8 @@ class Generator:
                 decoded = decoded[: decoded.index(s)]
         return Generation(text=decoded, prompt_tokens=len(tokens), completion_tokens=len(out),
                           reused_tokens=reused, finish_reason=finish,
-                          grammar_fallbacks=fallbacks, prefix_state=self.prefix_state)
+                          grammar_fallbacks=fallbacks, drafted_tokens=drafted,
+                          accepted_tokens=accepted, prefix_state=self.prefix_state)
 
     def generate_stock(self, messages: list[dict[str, str]],
                        response_format: dict[str, Any] | None, *, max_tokens: int = 512,

@@ -138,6 +138,10 @@ class EngineStats:
     """Calls whose static prompt prefix was loaded from a saved KV state file."""
     kv_state_saves: int = 0
     """KV state files written."""
+    drafted_tokens: int = 0
+    """Tokens proposed by prompt lookup and checked in a batch by the model."""
+    accepted_tokens: int = 0
+    """Drafted tokens the model agreed with (generated without a forward pass of their own)."""
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -316,9 +320,12 @@ class LlamaCppEngine:
         kv_cache_dir: str | Path | Literal[False] | None = None,
         kv_cache_files: int = 8,
         timeout: float | None = None,
+        draft_tokens: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.model_path = check_gguf(model_path)
+        self.draft_tokens = (engine_config.lm_draft_tokens() if draft_tokens is None
+                             else max(0, draft_tokens))
         self.timeout = _timeout(timeout)
         self.kv_cache_dir = resolve_kv_dir(kv_cache_dir)
         self.kv_cache_files = kv_cache_files
@@ -399,7 +406,8 @@ class LlamaCppEngine:
             llm = old.llm
         else:
             llm = self._load()
-        generator = Generator(llm, prefix_store=self._prefix_store)
+        generator = Generator(llm, prefix_store=self._prefix_store,
+                              draft_tokens=self.draft_tokens)
         self._contexts[key] = generator
         return generator
 
@@ -494,6 +502,8 @@ class LlamaCppEngine:
         self.stats.completion_tokens += out.completion_tokens
         self.stats.reused_tokens += out.reused_tokens
         self.stats.grammar_fallbacks += out.grammar_fallbacks
+        self.stats.drafted_tokens += out.drafted_tokens
+        self.stats.accepted_tokens += out.accepted_tokens
         if out.prefix_state == "loaded":
             self.stats.kv_state_loads += 1
         elif out.prefix_state == "saved":
@@ -718,9 +728,15 @@ def make_lm(engine: Any, *, max_tokens: int = 512, temperature: float = 0.0) -> 
                    temperature=temperature, max_tokens=max_tokens)
 
 
-def schema_adapter() -> Any:
+def schema_adapter(*, format_reminder: bool = True) -> Any:
     """A ``dspy.JSONAdapter`` whose JSON schema keeps the output fields' constraints, and
     that refuses an answer whose JSON object is cut off.
+
+    ``format_reminder=False`` leaves out the sentence DSPy appends to the last user
+    message ("Respond with a JSON object in the following order of fields: ..."): the
+    grammar built from the schema already holds the model to the format, the demos'
+    messages never carry it, and as the part of the prompt after the message it is
+    evaluated again on every call.
 
     DSPy builds the schema from each output field's bare annotation and drops
     ``Annotated`` metadata such as ``Field(max_length=8)`` on a list, so a small model
@@ -737,6 +753,11 @@ def schema_adapter() -> Any:
     from dspy.utils.exceptions import AdapterParseError
 
     class SchemaJSONAdapter(dspy.JSONAdapter):  # type: ignore[name-defined]
+        def user_message_output_requirements(self, signature: Any) -> str:
+            if format_reminder:
+                return str(super().user_message_output_requirements(signature))
+            return ""
+
         def parse(self, signature: Any, completion: str) -> dict[str, Any]:
             start = completion.find("{")
             try:
