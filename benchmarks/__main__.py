@@ -5,7 +5,8 @@ Names: ``latency``, ``recall``, ``compare`` (side by side with mem0), ``locomo``
 ``extraction`` (fact extraction quality and speed per GGUF model), ``reliability``
 (crash, erasure and network evidence), ``chat`` (the chat's memory and answer speed,
 ``context`` latency), ``serve`` (the HTTP API beside in-process calls), ``write_path``
-(a raw add's time outside the embedder, optionally beside another checkout) and ``all``
+(a raw add's time outside the embedder, optionally beside another checkout), ``lm_batch``
+(what a batch of k tokens costs the LM beside k single steps) and ``all``
 (latency, recall, compare, locomo in turn; ``--quick`` is passed on to those that
 take it).
 """
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "chat": "benchmarks.chat",
     "serve": "benchmarks.serve",
     "write_path": "benchmarks.write_path",
+    "lm_batch": "benchmarks.lm_batch",
 }
 ALL = ("latency", "recall", "compare", "locomo")
 TAKES_QUICK = {"latency", "recall", "compare"}

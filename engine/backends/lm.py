@@ -728,15 +728,9 @@ def make_lm(engine: Any, *, max_tokens: int = 512, temperature: float = 0.0) -> 
                    temperature=temperature, max_tokens=max_tokens)
 
 
-def schema_adapter(*, format_reminder: bool = True) -> Any:
+def schema_adapter() -> Any:
     """A ``dspy.JSONAdapter`` whose JSON schema keeps the output fields' constraints, and
     that refuses an answer whose JSON object is cut off.
-
-    ``format_reminder=False`` leaves out the sentence DSPy appends to the last user
-    message ("Respond with a JSON object in the following order of fields: ..."): the
-    grammar built from the schema already holds the model to the format, the demos'
-    messages never carry it, and as the part of the prompt after the message it is
-    evaluated again on every call.
 
     DSPy builds the schema from each output field's bare annotation and drops
     ``Annotated`` metadata such as ``Field(max_length=8)`` on a list, so a small model
@@ -753,11 +747,6 @@ def schema_adapter(*, format_reminder: bool = True) -> Any:
     from dspy.utils.exceptions import AdapterParseError
 
     class SchemaJSONAdapter(dspy.JSONAdapter):  # type: ignore[name-defined]
-        def user_message_output_requirements(self, signature: Any) -> str:
-            if format_reminder:
-                return str(super().user_message_output_requirements(signature))
-            return ""
-
         def parse(self, signature: Any, completion: str) -> dict[str, Any]:
             start = completion.find("{")
             try:

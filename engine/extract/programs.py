@@ -273,7 +273,6 @@ class DspyExtractor:
         max_chunk_chars: int = 1500,
         skip_chit_chat: bool = True,
         show_known: bool = False,
-        format_reminder: bool = True,
     ) -> None:
         self.show_known = show_known
         self.skip_chit_chat = skip_chit_chat
@@ -290,7 +289,7 @@ class DspyExtractor:
             self.load_program(program)
         from engine.backends.lm import schema_adapter
 
-        self._adapter = schema_adapter(format_reminder=format_reminder)
+        self._adapter = schema_adapter()
 
     def _build_lm(self, model: str | Path | None, n_threads: int | None, n_ctx: int,
                   lm: Any, engine: Any) -> tuple[str, Any, Any]:
