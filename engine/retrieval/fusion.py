@@ -134,7 +134,8 @@ def mentions_time(text: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _first_name(value: str) -> str | None:
+def first_name(value: str) -> str | None:
+    """The case-folded first word of a name ("Anna Novak" -> "anna"), None if it has none."""
     parts = _NAME_WORD.findall(value)
     return parts[0].casefold() if parts else None
 
@@ -144,7 +145,7 @@ def named_speakers(metadata: Mapping[str, Any], query: QueryFeatures) -> list[st
     found = []
     for key in NAME_KEYS:
         value = metadata.get(key)
-        if isinstance(value, str) and _first_name(value) in query.words:
+        if isinstance(value, str) and first_name(value) in query.words:
             found.append(value)
     return found
 
