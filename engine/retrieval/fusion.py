@@ -263,8 +263,10 @@ def score(signals: Signals, weights: FusionWeights = HYBRID) -> Scored:
     if weights.recency:
         # math.pow, not np.power: the same result on every CPU (numpy's SIMD pow differs
         # in the last bit on some), so near-ties rank the same everywhere.
-        decay = [math.pow(0.5, a) for a in (age_s / half_life_s).tolist()]
-        recency = weights.recency * np.asarray(decay, dtype=np.float64)
+        # Facts stored together share an age: each distinct one is raised once.
+        ages, which = np.unique(age_s / half_life_s, return_inverse=True)
+        decay = np.asarray([math.pow(0.5, a) for a in ages.tolist()], dtype=np.float64)
+        recency = weights.recency * decay[which]
     else:
         recency = np.zeros(n)
     slot = np.where(signals.slotted, weights.slot, 0.0) if weights.slot else np.zeros(n)

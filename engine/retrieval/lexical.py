@@ -133,6 +133,8 @@ class Document:
 
 DocumentLike = Document | tuple[int, str]
 
+_DELTAS = (-1, 1)  # the message before and the message after
+
 
 def _as_document(item: DocumentLike) -> Document:
     return item if isinstance(item, Document) else Document(int(item[0]), str(item[1]))
@@ -395,20 +397,27 @@ class LexicalScores:
         score, the partition's first k hold all of them either way, and counting the
         non-zero scores is a second pass over every slot.
         """
+        slots = self.top_slots(k)
+        return self._lexicon.fact_ids[slots].tolist(), self._scores[slots].tolist()
+
+    def top_slots(self, k: int) -> np.ndarray:
+        """The slots of :meth:`top`'s facts, in its order (int64)."""
         import numpy as np
 
         scores = self._scores
         if k <= 0 or not len(scores):
-            return [], []
+            return np.zeros(0, dtype=np.int64)
         if k < len(scores):
             top = np.argpartition(-scores, k - 1)[:k]
             top = top[scores[top] > 0]
         else:
             top = np.flatnonzero(scores > 0)
-        if not len(top):
-            return [], []
-        top = top[np.lexsort((self._lexicon.fact_ids[top], -scores[top]))]
-        return self._lexicon.fact_ids[top].tolist(), scores[top].tolist()
+        return top[np.lexsort((self._lexicon.fact_ids[top], -scores[top]))].astype(np.int64)
+
+    def alive_at(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each slot still holds a current fact (a removal may have landed since
+        the query was scored)."""
+        return self._lexicon.alive[slots]
 
     # ---- what hybrid fusion reads of a pool of slots -----------------------------------
 
@@ -430,25 +439,22 @@ class LexicalScores:
 
         lexicon = self._lexicon
         size = len(lexicon.ids)
-        sources = lexicon.sources[slots]
         valid_us = lexicon.valid_us[slots]
-        known = sources >= 0
-        out = np.full((len(slots), 2), -1, dtype=np.int64)
-        for column, delta in enumerate((-1, 1)):
-            adjacent = slots + delta
-            inside = (adjacent >= 0) & (adjacent < size)
-            adjacent[~inside] = 0
-            wanted = sources + delta
-            found = (known & inside & lexicon.head[adjacent]
-                     & (lexicon.sources[adjacent] == wanted) & (wanted >= 0))
-            out[found, column] = adjacent[found]
-            for row in np.flatnonzero(known & ~found).tolist():
-                other = lexicon.by_source.get(int(wanted[row]))
-                if other is not None:
-                    out[row, column] = other
+        sources = lexicon.sources[slots]
+        known = (sources >= 0)[:, None]
+        adjacent = slots[:, None] + _DELTAS  # (n, 2): the slot before, the slot after
+        wanted = sources[:, None] + _DELTAS  # the messages they should come from
+        inside = (adjacent >= 0) & (adjacent < size)
+        adjacent[~inside] = 0
+        # head: by_source names the slot for its message, so a matching source proves it
+        found = known & inside & lexicon.head[adjacent] & (lexicon.sources[adjacent] == wanted)
+        out = np.where(found, adjacent, -1)
+        for at in np.flatnonzero(known & ~found).tolist():
+            other = lexicon.by_source.get(int(wanted.flat[at]))
+            if other is not None:
+                out.flat[at] = other
         linked = out >= 0
-        same_time = lexicon.valid_us[np.where(linked, out, 0)] == valid_us[:, None]
-        out[linked & ~same_time] = -1
+        out[linked & (lexicon.valid_us[np.where(linked, out, 0)] != valid_us[:, None])] = -1
         return out
 
     def timely_at(self, slots: np.ndarray) -> np.ndarray:

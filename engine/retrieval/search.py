@@ -232,13 +232,15 @@ class Searcher:
         depth = max(4 * request.k, 2 * CANDIDATES) if narrowed else max(2 * request.k,
                                                                          CANDIDATES)
         lexical = self.lexical.scores(request.user_id, request.query)
-        lex_ids, _ = lexical.top(depth)
+        lex_slots = lexical.top_slots(depth)
+        lex_ids = lexical.ids_at(lex_slots).tolist()
         vec_ids: list[int] = []
         vec_sims: list[float] = []
         if request.mode == "hybrid":
             vec_ids, vec_sims = self.index.search(request.user_id, vector, depth)
         if not narrowed:
-            return self._in_memory(request, vector, vec_ids, vec_sims, lex_ids, lexical)
+            return self._in_memory(request, vector, vec_ids, vec_sims, lex_ids, lex_slots,
+                                   lexical)
         pool = self._candidates(request, vector, vec_ids, lex_ids, lexical, CURRENT, [])
         exhausted = len(vec_ids) < depth and len(lex_ids) < depth
         if narrowed and len(pool) < request.k and not exhausted:
@@ -252,6 +254,7 @@ class Searcher:
         vec_ids: Sequence[int],
         vec_sims: Sequence[float],
         lex_ids: Sequence[int],
+        lex_slots: np.ndarray,
         lexical: LexicalScores,
     ) -> list[SearchHit]:
         """Unfiltered current search scored from the two in-memory indexes.
@@ -276,16 +279,20 @@ class Searcher:
 
         weights = self._weights(request)
         slot_of = lexical.slot_of
-        vec_slots, vec_kept = [], []
-        for fact_id, sim in zip(vec_ids, vec_sims, strict=True):
-            slot = slot_of.get(fact_id)
-            if slot is not None:
-                vec_slots.append(slot)
-                vec_kept.append(sim)
+        vec_slots = [slot_of.get(fact_id) for fact_id in vec_ids]
+        vec_kept: Sequence[float] = vec_sims
+        if None in vec_slots:  # a fact the lexical index has not seen yet (a write landing)
+            vec_kept = [sim for slot, sim in zip(vec_slots, vec_sims, strict=True)
+                        if slot is not None]
+            vec_slots = [slot for slot in vec_slots if slot is not None]
         in_vector = set(vec_ids)
-        lex_only = [fact_id for fact_id in dict.fromkeys(lex_ids)
-                    if fact_id not in in_vector and fact_id in slot_of]
-        retrieved_slots = np.asarray(vec_slots + [slot_of[i] for i in lex_only], dtype=np.int64)
+        alive = lexical.alive_at(lex_slots).tolist()
+        lex_only, lex_only_slots = [], []
+        for fact_id, slot, live in zip(lex_ids, lex_slots.tolist(), alive, strict=True):
+            if live and fact_id not in in_vector:
+                lex_only.append(fact_id)
+                lex_only_slots.append(slot)
+        retrieved_slots = np.asarray(vec_slots + lex_only_slots, dtype=np.int64)
         retrieved = len(retrieved_slots)
         neighbours = np.full((retrieved, 2), -1, dtype=np.int64)
         expanded_from = np.zeros(0, dtype=np.int64)  # row of the hit each expanded row came from
@@ -318,7 +325,9 @@ class Searcher:
         similarity[: len(vec_kept)] = vec_kept
         if lex_only:
             found_ids, matrix = self.index.vectors(request.user_id, lex_only)
-            if found_ids:
+            if len(found_ids) == len(lex_only):  # all of them: the rows after the vector hits
+                similarity[len(vec_kept) : retrieved] = matrix @ vector
+            elif found_ids:
                 row_of_id = {fact_id: row for row, fact_id in enumerate(lex_only,
                                                                         start=len(vec_kept))}
                 similarity[[row_of_id[i] for i in found_ids]] = matrix @ vector
