@@ -161,9 +161,10 @@ class _UserLexicon:
         import numpy as np
 
         self.times_at_add = times_at_add
-        """Whether ``add`` checks each text for a time (a user's cached index: the check
-        then costs the write a microsecond, not a search many, once per candidate it has
-        not seen); ad-hoc lexicons over scanned rows leave it to the first query."""
+        """Whether ``add`` checks each text for a time: a user's cached index does, so a
+        write pays one regex search per fact instead of a search paying one per candidate
+        it has not met before; ad-hoc lexicons over scanned rows leave it to the first
+        query that asks (most never do)."""
         self.slot_of: dict[int, int] = {}
         self.ids: list[int] = []
         self.documents: list[Document] = []
@@ -328,7 +329,6 @@ class LexicalScores:
     def __init__(self, lexicon: _UserLexicon, scores: np.ndarray) -> None:
         # References, not copies (a copy costs milliseconds at 100k facts): slots are
         # append-only, so a write racing with this query can only hide new facts.
-        self._ids = lexicon.ids
         self._slot_of = lexicon.slot_of
         self._lexicon = lexicon
         self._scores = scores
