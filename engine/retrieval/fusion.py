@@ -134,7 +134,8 @@ def mentions_time(text: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _first_name(value: str) -> str | None:
+def first_name(value: str) -> str | None:
+    """The case-folded first word of a name ("Anna Novak" -> "anna"), None if it has none."""
     parts = _NAME_WORD.findall(value)
     return parts[0].casefold() if parts else None
 
@@ -144,7 +145,7 @@ def named_speakers(metadata: Mapping[str, Any], query: QueryFeatures) -> list[st
     found = []
     for key in NAME_KEYS:
         value = metadata.get(key)
-        if isinstance(value, str) and _first_name(value) in query.words:
+        if isinstance(value, str) and first_name(value) in query.words:
             found.append(value)
     return found
 
@@ -262,8 +263,10 @@ def score(signals: Signals, weights: FusionWeights = HYBRID) -> Scored:
     if weights.recency:
         # math.pow, not np.power: the same result on every CPU (numpy's SIMD pow differs
         # in the last bit on some), so near-ties rank the same everywhere.
-        decay = [math.pow(0.5, a) for a in (age_s / half_life_s).tolist()]
-        recency = weights.recency * np.asarray(decay, dtype=np.float64)
+        # Facts stored together share an age: each distinct one is raised once.
+        ages, which = np.unique(age_s / half_life_s, return_inverse=True)
+        decay = np.asarray([math.pow(0.5, a) for a in ages.tolist()], dtype=np.float64)
+        recency = weights.recency * decay[which]
     else:
         recency = np.zeros(n)
     slot = np.where(signals.slotted, weights.slot, 0.0) if weights.slot else np.zeros(n)

@@ -321,10 +321,11 @@ class VectorIndex:
 
         with self._lock:
             index = self._get(user_id)
-            found = [int(i) for i in ids if int(i) in index.live]
+            live, row_of = index.live, index.row_of
+            found = [i for i in map(int, ids) if i in live]
             if not found:
                 return [], np.zeros((0, self.dim), dtype=np.float32)
-            return found, index.matrix[[index.row_of[i] for i in found]]
+            return found, index.matrix[[row_of[i] for i in found]]
 
     def size(self, user_id: str) -> int:
         with self._lock:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from engine.retrieval.fusion import NAME_KEYS, first_name, mentions_time
 from engine.timeutil import micros
 
 if TYPE_CHECKING:
@@ -132,6 +133,8 @@ class Document:
 
 DocumentLike = Document | tuple[int, str]
 
+_DELTAS = (-1, 1)  # the message before and the message after
+
 
 def _as_document(item: DocumentLike) -> Document:
     return item if isinstance(item, Document) else Document(int(item[0]), str(item[1]))
@@ -154,9 +157,14 @@ class _UserLexicon:
     refreshed only for terms whose list changed since the last query.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, times_at_add: bool = False) -> None:
         import numpy as np
 
+        self.times_at_add = times_at_add
+        """Whether ``add`` checks each text for a time: a user's cached index does, so a
+        write pays one regex search per fact instead of a search paying one per candidate
+        it has not met before; ad-hoc lexicons over scanned rows leave it to the first
+        query that asks (most never do)."""
         self.slot_of: dict[int, int] = {}
         self.ids: list[int] = []
         self.documents: list[Document] = []
@@ -164,6 +172,17 @@ class _UserLexicon:
         self.lengths = np.zeros(256, dtype=np.float32)
         self.alive = np.zeros(256, dtype=bool)
         self.valid_us = np.zeros(256, dtype=np.int64)  # valid-from, microseconds since 1970
+        # What hybrid fusion reads of each slot, as columns, so a query's candidate pool
+        # is gathered by slot in a few numpy calls instead of a Python loop over
+        # documents (see Searcher._in_memory):
+        self.fact_ids = np.zeros(256, dtype=np.int64)
+        self.sources = np.full(256, -1, dtype=np.int64)  # source message id, -1: none
+        self.head = np.zeros(256, dtype=bool)  # by_source names this slot for its source
+        self.timely = np.full(256, -1, dtype=np.int8)  # mentions_time(text), -1: not yet known
+        self.name_codes = np.full((256, len(NAME_KEYS)), -1, dtype=np.int32)  # per NAME_KEYS
+        self.slot_codes = np.full(256, -1, dtype=np.int32)  # the fact's slot, -1: none
+        self.name_code: dict[str, int] = {}  # case-folded first name -> code
+        self.slot_code: dict[str, int] = {}  # slot name -> code
         self.postings: dict[str, tuple[list[int], list[int]]] = {}
         self.cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.total_length = 0.0
@@ -172,24 +191,54 @@ class _UserLexicon:
         self._norm_key: tuple[float, ...] | None = None
         self._norm_cache = np.zeros(0, dtype=np.float32)
 
-    def add(self, document: Document) -> None:
+    def _grow(self) -> None:
+        """Double the per-slot columns (new slots: dead, no source, nothing known)."""
         import numpy as np
 
+        size = len(self.lengths)
+
+        def widened(column: np.ndarray, fill: float) -> np.ndarray:
+            out = np.full((2 * size, *column.shape[1:]), fill, dtype=column.dtype)
+            out[:size] = column
+            return out
+
+        self.lengths = widened(self.lengths, 0)
+        self.alive = widened(self.alive, False)
+        self.valid_us = widened(self.valid_us, 0)
+        self.fact_ids = widened(self.fact_ids, 0)
+        self.sources = widened(self.sources, -1)
+        self.head = widened(self.head, False)
+        self.timely = widened(self.timely, -1)
+        self.name_codes = widened(self.name_codes, -1)
+        self.slot_codes = widened(self.slot_codes, -1)
+
+    def add(self, document: Document) -> None:
         fact_id, text = document.fact_id, document.text
         if fact_id in self.slot_of:
             return
         slot = len(self.ids)
         if slot >= len(self.lengths):
-            grow = len(self.lengths) * 2
-            self.lengths = np.resize(self.lengths, grow)
-            self.alive = np.resize(self.alive, grow)
-            self.alive[slot:] = False
-            self.valid_us = np.resize(self.valid_us, grow)
-        self.ids.append(fact_id)
-        self.documents.append(document)
-        self.slot_of[fact_id] = slot
-        if document.source_message_id is not None:
-            self.by_source[document.source_message_id] = slot
+            self._grow()
+        source = document.source_message_id
+        # The columns are filled before the slot is published in ``slot_of``: a search
+        # reading them outside the lock never sees a half-added slot.
+        self.fact_ids[slot] = fact_id
+        self.sources[slot] = -1 if source is None else source
+        self.valid_us[slot] = 0 if document.valid_from is None else micros(document.valid_from)
+        self.timely[slot] = mentions_time(text) if self.times_at_add else -1
+        if document.names:
+            codes = []
+            for key in NAME_KEYS:
+                value = document.names.get(key)
+                first = first_name(value) if isinstance(value, str) else None
+                codes.append(-1 if first is None
+                             else self.name_code.setdefault(first, len(self.name_code)))
+            self.name_codes[slot] = codes
+        else:
+            self.name_codes[slot] = -1
+        fact_slot = None if document.fact is None else document.fact.slot
+        self.slot_codes[slot] = (-1 if fact_slot is None
+                                 else self.slot_code.setdefault(fact_slot, len(self.slot_code)))
         counts: dict[str, int] = {}
         tokens = tokenize(text)
         for token in tokens:
@@ -201,9 +250,17 @@ class _UserLexicon:
             self.cache.pop(token, None)
         self.lengths[slot] = len(tokens)
         self.alive[slot] = True
-        self.valid_us[slot] = 0 if document.valid_from is None else micros(document.valid_from)
         self.total_length += len(tokens)
         self.count += 1
+        self.ids.append(fact_id)
+        self.documents.append(document)
+        if source is not None:
+            previous = self.by_source.get(source)
+            if previous is not None:
+                self.head[previous] = False
+            self.by_source[source] = slot
+            self.head[slot] = True
+        self.slot_of[fact_id] = slot
 
     def remove(self, fact_id: int) -> None:
         slot = self.slot_of.pop(fact_id, None)
@@ -212,6 +269,7 @@ class _UserLexicon:
         source = self.documents[slot].source_message_id
         if source is not None and self.by_source.get(source) == slot:
             del self.by_source[source]
+            self.head[slot] = False
         self.alive[slot] = False
         self.total_length -= float(self.lengths[slot])
         self.count -= 1
@@ -271,7 +329,6 @@ class LexicalScores:
     def __init__(self, lexicon: _UserLexicon, scores: np.ndarray) -> None:
         # References, not copies (a copy costs milliseconds at 100k facts): slots are
         # append-only, so a write racing with this query can only hide new facts.
-        self._ids = lexicon.ids
         self._slot_of = lexicon.slot_of
         self._lexicon = lexicon
         self._scores = scores
@@ -335,21 +392,103 @@ class LexicalScores:
 
         Which of several facts tied at the k-th score make the cut is numpy's
         ``argpartition``'s choice over the whole score array (kept as it is, so rankings
-        stay those the fusion weights were tuned with).
+        stay those the fusion weights were tuned with). Facts with no score are dropped
+        after the partition rather than counted before it: when fewer than k facts
+        score, the partition's first k hold all of them either way, and counting the
+        non-zero scores is a second pass over every slot.
         """
+        slots = self.top_slots(k)
+        return self._lexicon.fact_ids[slots].tolist(), self._scores[slots].tolist()
+
+    def top_slots(self, k: int) -> np.ndarray:
+        """The slots of :meth:`top`'s facts, in its order (int64)."""
         import numpy as np
 
         scores = self._scores
-        positive = int(np.count_nonzero(scores))
-        k = min(k, positive)
-        if k <= 0:
-            return [], []
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.flatnonzero(
-            scores > 0
-        )
-        ids = self._ids
-        order = sorted(top.tolist(), key=lambda s: (-float(scores[s]), ids[s]))
-        return [ids[s] for s in order], [float(scores[s]) for s in order]
+        if k <= 0 or not len(scores):
+            return np.zeros(0, dtype=np.int64)
+        if k < len(scores):
+            top = np.argpartition(-scores, k - 1)[:k]
+            top = top[scores[top] > 0]
+        else:
+            top = np.flatnonzero(scores > 0)
+        return top[np.lexsort((self._lexicon.fact_ids[top], -scores[top]))].astype(np.int64)
+
+    def alive_at(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each slot still holds a current fact (a removal may have landed since
+        the query was scored)."""
+        return self._lexicon.alive[slots]
+
+    # ---- what hybrid fusion reads of a pool of slots -----------------------------------
+
+    def ids_at(self, slots: np.ndarray) -> np.ndarray:
+        """The fact ids of these slots (int64)."""
+        return self._lexicon.fact_ids[slots]
+
+    def neighbour_slots(self, slots: np.ndarray) -> np.ndarray:
+        """For each slot, the slots of its neighbouring turns, as an ``(n, 2)`` array:
+        column 0 the current fact stored from the message just before its own, column 1
+        from the message just after, each only when it became true at the same time
+        (-1: none). The fact of a message is :meth:`slot_by_source`'s.
+
+        A user's messages are mostly stored one after another, so the neighbour is
+        first looked for in the adjacent slot (one vectorised check that the slot is the
+        one its message maps to); only the slots where that fails ask the dict.
+        """
+        import numpy as np
+
+        lexicon = self._lexicon
+        size = len(lexicon.ids)
+        valid_us = lexicon.valid_us[slots]
+        sources = lexicon.sources[slots]
+        known = (sources >= 0)[:, None]
+        adjacent = slots[:, None] + _DELTAS  # (n, 2): the slot before, the slot after
+        wanted = sources[:, None] + _DELTAS  # the messages they should come from
+        inside = (adjacent >= 0) & (adjacent < size)
+        adjacent[~inside] = 0
+        # head: by_source names the slot for its message, so a matching source proves it
+        found = known & inside & lexicon.head[adjacent] & (lexicon.sources[adjacent] == wanted)
+        out = np.where(found, adjacent, -1)
+        for at in np.flatnonzero(known & ~found).tolist():
+            other = lexicon.by_source.get(int(wanted.flat[at]))
+            if other is not None:
+                out.flat[at] = other
+        linked = out >= 0
+        out[linked & (lexicon.valid_us[np.where(linked, out, 0)] != valid_us[:, None])] = -1
+        return out
+
+    def timely_at(self, slots: np.ndarray) -> np.ndarray:
+        """Whether the text of each slot mentions a time (``fusion.mentions_time``),
+        remembered per slot after the first query that asks."""
+        import numpy as np
+
+        lexicon = self._lexicon
+        timely = lexicon.timely[slots]
+        for row in np.flatnonzero(timely < 0).tolist():
+            slot = int(slots[row])
+            timely[row] = lexicon.timely[slot] = mentions_time(lexicon.documents[slot].text)
+        return timely.astype(bool)
+
+    def named_at(self, slots: np.ndarray, words: Iterable[str]) -> np.ndarray:
+        """Whether each slot's speaker-like metadata names someone among ``words`` (the
+        query's case-folded words): ``bool(fusion.named_speakers(...))`` per slot."""
+        import numpy as np
+
+        codes = [code for word in words
+                 if (code := self._lexicon.name_code.get(word)) is not None]
+        if not codes:
+            return np.zeros(len(slots), dtype=bool)
+        return np.logical_or.reduce(np.isin(self._lexicon.name_codes[slots], codes), axis=1)
+
+    def slotted_at(self, slots: np.ndarray, wanted: Iterable[str]) -> np.ndarray:
+        """Whether each slot's fact is filed under one of the ``wanted`` slot names."""
+        import numpy as np
+
+        codes = [code for name in wanted
+                 if (code := self._lexicon.slot_code.get(name)) is not None]
+        if not codes:
+            return np.zeros(len(slots), dtype=bool)
+        return np.isin(self._lexicon.slot_codes[slots], codes)
 
 
 class LexicalIndex:
@@ -381,7 +520,7 @@ class LexicalIndex:
         if lexicon is not None:
             self._loaded.move_to_end(user_id)
             return lexicon
-        lexicon = _UserLexicon()
+        lexicon = _UserLexicon(times_at_add=True)
         # Generation first: a write landing between the two reads is re-applied
         # idempotently by apply(), never lost.
         lexicon.generation = self._store_generation(user_id)

@@ -39,8 +39,6 @@ from engine.retrieval.fusion import (
     QueryFeatures,
     Signals,
     fuse,
-    mentions_time,
-    named_speakers,
     query_features,
     score,
 )
@@ -234,13 +232,15 @@ class Searcher:
         depth = max(4 * request.k, 2 * CANDIDATES) if narrowed else max(2 * request.k,
                                                                          CANDIDATES)
         lexical = self.lexical.scores(request.user_id, request.query)
-        lex_ids, _ = lexical.top(depth)
+        lex_slots = lexical.top_slots(depth)
+        lex_ids = lexical.ids_at(lex_slots).tolist()
         vec_ids: list[int] = []
         vec_sims: list[float] = []
         if request.mode == "hybrid":
             vec_ids, vec_sims = self.index.search(request.user_id, vector, depth)
         if not narrowed:
-            return self._in_memory(request, vector, vec_ids, vec_sims, lex_ids, lexical)
+            return self._in_memory(request, vector, vec_ids, vec_sims, lex_ids, lex_slots,
+                                   lexical)
         pool = self._candidates(request, vector, vec_ids, lex_ids, lexical, CURRENT, [])
         exhausted = len(vec_ids) < depth and len(lex_ids) < depth
         if narrowed and len(pool) < request.k and not exhausted:
@@ -254,6 +254,7 @@ class Searcher:
         vec_ids: Sequence[int],
         vec_sims: Sequence[float],
         lex_ids: Sequence[int],
+        lex_slots: np.ndarray,
         lexical: LexicalScores,
     ) -> list[SearchHit]:
         """Unfiltered current search scored from the two in-memory indexes.
@@ -261,85 +262,91 @@ class Searcher:
         Both indexes hold exactly the user's current facts, so with no scope or
         filter to apply, candidates, neighbours and fusion need no SQL, and the hits
         come from the lexical index's documents too; DuckDB is asked only when a
-        write is landing (see :meth:`_indexed_facts`). The pool is scored as columns
-        (:func:`engine.retrieval.fusion.score`); candidate objects are made only for
-        the hits returned.
+        write is landing (see :meth:`_indexed_facts`). The pool is a numpy array of
+        the lexical index's slots, and every signal is gathered from its per-slot
+        columns (:meth:`~engine.retrieval.lexical.LexicalScores.neighbour_slots` and the
+        others), then scored as columns (:func:`engine.retrieval.fusion.score`):
+        no Python loop runs over the pool, and candidate objects are made only for the
+        hits returned with ``explain``.
+
+        Rows: first the vector hits (in their order), then the lexical-only hits, then
+        the neighbours they bring in, in the order first met (row by row, the turn
+        before, then the turn after); an expanded row links back to the row that
+        brought it in. Row order decides nothing in the ranking (ties go to the lower
+        fact id), only which row ``explain`` names.
         """
         import numpy as np
 
         weights = self._weights(request)
-        slot_of, documents = lexical.slot_of, lexical.documents
-        slots: list[int] = []
-        row_of: dict[int, int] = {}
-        for fact_id in dict.fromkeys([*vec_ids, *lex_ids]):
-            slot = slot_of.get(fact_id)
-            if slot is not None:
-                row_of[fact_id] = len(slots)
-                slots.append(slot)
-        retrieved = len(slots)
-        links: list[list[int]] = [[] for _ in range(retrieved)]
-        expanded_from: list[int] = []  # row of the hit each expanded row came from
-        if weights.neighbour > 0:
-            for row in range(retrieved):
-                document = documents[slots[row]]
-                if document.source_message_id is None:
-                    continue
-                for delta in (-1, 1):
-                    other_slot = lexical.slot_by_source(document.source_message_id + delta)
-                    if other_slot is None:
-                        continue
-                    other = documents[other_slot]
-                    if other.valid_from != document.valid_from:
-                        continue
-                    other_row = row_of.get(other.fact_id)
-                    if other_row is None:
-                        other_row = row_of[other.fact_id] = len(slots)
-                        slots.append(other_slot)
-                        links.append([row])
-                        expanded_from.append(row)
-                    links[row].append(other_row)
+        slot_of = lexical.slot_of
+        vec_slots = [slot_of.get(fact_id) for fact_id in vec_ids]
+        vec_kept: Sequence[float] = vec_sims
+        if None in vec_slots:  # a fact the lexical index has not seen yet (a write landing)
+            vec_kept = [sim for slot, sim in zip(vec_slots, vec_sims, strict=True)
+                        if slot is not None]
+            vec_slots = [slot for slot in vec_slots if slot is not None]
+        in_vector = set(vec_ids)
+        alive = lexical.alive_at(lex_slots).tolist()
+        lex_only, lex_only_slots = [], []
+        for fact_id, slot, live in zip(lex_ids, lex_slots.tolist(), alive, strict=True):
+            if live and fact_id not in in_vector:
+                lex_only.append(fact_id)
+                lex_only_slots.append(slot)
+        retrieved_slots = np.asarray(vec_slots + lex_only_slots, dtype=np.int64)
+        retrieved = len(retrieved_slots)
+        neighbours = np.full((retrieved, 2), -1, dtype=np.int64)
+        expanded_from = np.zeros(0, dtype=np.int64)  # row of the hit each expanded row came from
+        slots = retrieved_slots
+        if weights.neighbour > 0 and retrieved:
+            found = lexical.neighbour_slots(retrieved_slots)
+            where = np.flatnonzero(found.ravel() >= 0)  # row * 2 + column, in scan order
+            met = np.concatenate((retrieved_slots, found.ravel()[where]))
+            unique, first, inverse = np.unique(met, return_index=True, return_inverse=True)
+            new = first >= retrieved
+            row_of = np.empty(len(unique), dtype=np.int64)
+            row_of[~new] = first[~new]
+            new_at = np.flatnonzero(new)[np.argsort(first[new], kind="stable")]
+            row_of[new_at] = retrieved + np.arange(len(new_at))
+            flat = np.full(2 * retrieved, -1, dtype=np.int64)
+            flat[where] = row_of[inverse[retrieved:]]
+            linked = flat.reshape(retrieved, 2)
+            # a row's neighbours are listed in the order found: the turn after moves
+            # to the first column when there is no turn before
+            only_after = linked[:, 0] < 0
+            neighbours[:, 0] = np.where(only_after, linked[:, 1], linked[:, 0])
+            neighbours[:, 1] = np.where(only_after, -1, linked[:, 1])
+            expanded_from = where[first[new_at] - retrieved] // 2
+            slots = np.concatenate((retrieved_slots, met[first[new_at]]))
+            neighbours = np.concatenate((neighbours, np.stack(
+                (expanded_from, np.full(len(expanded_from), -1, dtype=np.int64)), axis=1)))
         n = len(slots)
-        slot_array = np.asarray(slots, dtype=np.int64)
-        ids = np.asarray([documents[s].fact_id for s in slots], dtype=np.int64)
+        ids = lexical.ids_at(slots)
         similarity = np.zeros(n, dtype=np.float64)
-        sims = dict(zip(vec_ids, vec_sims, strict=True))
-        missing = []
-        for row in range(retrieved):
-            sim = sims.get(int(ids[row]))
-            if sim is None:
-                missing.append(row)
-            else:
-                similarity[row] = sim
-        if missing:
-            found, matrix = self.index.vectors(request.user_id, ids[missing].tolist())
-            if found:
-                found_rows = [row_of[i] for i in found]
-                similarity[found_rows] = matrix @ vector
-        neighbours = np.full((n, 2), -1, dtype=np.int64)
-        for row, linked in enumerate(links):
-            neighbours[row, : len(linked)] = linked
-        bm25, valid_us = lexical.at_slots(slot_array)
+        similarity[: len(vec_kept)] = vec_kept
+        if lex_only:
+            found_ids, matrix = self.index.vectors(request.user_id, lex_only)
+            if len(found_ids) == len(lex_only):  # all of them: the rows after the vector hits
+                similarity[len(vec_kept) : retrieved] = matrix @ vector
+            elif found_ids:
+                row_of_id = {fact_id: row for row, fact_id in enumerate(lex_only,
+                                                                        start=len(vec_kept))}
+                similarity[[row_of_id[i] for i in found_ids]] = matrix @ vector
+        bm25, valid_us = lexical.at_slots(slots)
         features = request.features()
-        asks_when = features.asks_when and weights.time > 0
-        pool_documents = [documents[s] for s in slots]
         signals = Signals(
             ids=ids, similarity=similarity, bm25=bm25, valid_from_us=valid_us,
             expanded=np.arange(n) >= retrieved,
-            named=np.asarray([bool(weights.name and d.names and named_speakers(d.names,
-                                                                               features))
-                              for d in pool_documents], dtype=bool),
-            timely=np.asarray([asks_when and mentions_time(d.text) for d in pool_documents],
-                              dtype=bool),
+            named=lexical.named_at(slots, features.words) if weights.name
+            else np.zeros(n, dtype=bool),
+            timely=lexical.timely_at(slots) if features.asks_when and weights.time > 0
+            else np.zeros(n, dtype=bool),
             neighbours=neighbours,
-            slotted=np.asarray([d.fact is not None and d.fact.slot in features.slots
-                                for d in pool_documents], dtype=bool)
+            slotted=lexical.slotted_at(slots, features.slots)
             if features.slots and weights.slot else np.zeros(n, dtype=bool),
         )
         scored = score(signals, weights)
         wanted = scored.order[: request.k + 4].tolist()  # spares: one may be retired just now
-        facts = self._indexed_facts(request, lexical, [int(ids[row]) for row in wanted])
-        vec_rank = {fact_id: rank for rank, fact_id in enumerate(vec_ids, start=1)}
-        lex_rank = {fact_id: rank for rank, fact_id in enumerate(lex_ids, start=1)}
+        facts = self._indexed_facts(request, lexical, ids[wanted].tolist())
         hits = []
         for row in wanted:
             fact = facts.get(int(ids[row]))
@@ -347,12 +354,13 @@ class Searcher:
                 continue
             explain = None
             if request.explain:
-                document = pool_documents[row]
+                document = lexical.documents[int(slots[row])]
                 candidate = Candidate(
                     fact_id=fact.id, text=document.text, metadata=document.names,
                     valid_from=document.valid_from or _EPOCH,
                     similarity=float(similarity[row]), bm25=float(bm25[row]),
-                    vector_rank=vec_rank.get(fact.id), lexical_rank=lex_rank.get(fact.id),
+                    vector_rank=_rank_in(vec_ids, fact.id), lexical_rank=_rank_in(lex_ids,
+                                                                                fact.id),
                     expanded_from=(int(ids[expanded_from[row - retrieved]])
                                    if row >= retrieved else None), slot=fact.slot,
                     base=float(scored.base[row]), score=float(scored.score[row]))
@@ -593,6 +601,14 @@ class Searcher:
                 if len(hits) == request.k:
                     break
         return hits
+
+
+def _rank_in(ids: Sequence[int], fact_id: int) -> int | None:
+    """The 1-based rank of ``fact_id`` among a retriever's hits (first occurrence), or None."""
+    for rank, other in enumerate(ids, start=1):
+        if other == fact_id:
+            return rank
+    return None
 
 
 def _load_meta(raw: Any) -> dict[str, Any]:
