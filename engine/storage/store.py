@@ -267,6 +267,7 @@ class Store:
         self._pending_generations: dict[str, int] = {}
         self._rollback_listeners: list[Callable[[set[str]], None]] = []
         self._commit_listeners: list[Callable[[list[IndexChange]], None]] = []
+        self._write_listeners: list[Callable[[], None]] = []
         self._pending_changes: list[IndexChange] = []
         self._write: WriteTx | None = None
         self._threads: int | None = None
@@ -441,6 +442,8 @@ class Store:
             unit = WriteTx(self, actor=actor, recorded=now_utc() if recorded is None
                            else recorded)
             self._write = unit
+            for on_write in self._write_listeners:
+                on_write()
             try:
                 yield unit
                 self._pending_changes.extend(unit.finish())
@@ -466,6 +469,12 @@ class Store:
         """Call ``listener(changes)`` after a transaction whose units of work changed
         users' current facts commits (to bring the in-memory indexes up to date)."""
         self._commit_listeners.append(listener)
+
+    def on_write(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when a unit of work begins, inside its transaction (the
+        vector index folds its write buffer meanwhile). It must not block: this thread
+        holds the store."""
+        self._write_listeners.append(listener)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows.
