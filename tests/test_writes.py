@@ -146,3 +146,25 @@ def test_the_record_handed_to_the_indexes_is_what_the_store_reads_back(
         (new_id,) = tx.insert([fact], memory.embedder.embed([fact.text]))
     (change,) = seen[-1]
     assert change.facts == [memory.get(new_id)]
+
+
+def test_writes_run_on_one_duckdb_thread_and_reads_get_theirs_back(memory: Memory) -> None:
+    """A run of writes lowers DuckDB's threads once; the next read raises them again."""
+    store = memory.store
+    configured = store._threads
+    if configured is None or configured < 2:
+        pytest.skip("DuckDB runs one thread here: nothing to lower")
+
+    def threads() -> int:
+        return int(store._con.execute("SELECT current_setting('threads')").fetchone()[0])
+
+    for i in range(3):
+        memory.add(f"fact number {i} about bees", user_id="u")
+        assert threads() == 1  # left low between writes: no change back and forth
+    assert store.query("SELECT count(*) FROM facts")[0][0] == 3
+    assert threads() == configured
+    memory.add("one more fact about bees", user_id="u")
+    assert threads() == 1
+    assert [h.text for h in memory.search("one more", user_id="u", k=1)] == [
+        "one more fact about bees"]
+    assert threads() == configured
