@@ -16,11 +16,11 @@ them in the user's *write buffer*, searched exactly (numpy) beside the graph, so
 is searchable as soon as its unit of work commits. The buffer is folded into hnswlib
 when the next unit of work starts, in a background thread: a write's DuckDB statements
 run on one thread, so on a small machine the other core inserts into the graph
-meanwhile (:meth:`VectorIndex.fold_soon`). The next commit waits for that fold, so no
-index work is left running between writes. A buffer past :data:`BUFFER_LIMIT` is folded
-at once, and every buffer is folded before an index is saved, so a saved file always
-holds all the live vectors its sidecar lists; a crash loses only the in-memory state,
-which the generation check rebuilds from DuckDB.
+meanwhile (:meth:`VectorIndex.fold_soon`). The unit's own changes are applied only once
+that fold is done, so a run of adds leaves no index work running between them. A buffer
+past :data:`BUFFER_LIMIT` is folded at once, and every buffer is folded before an index
+is saved, so a saved file always holds all the live vectors its sidecar lists; a crash
+loses only the in-memory state, which the generation check rebuilds from DuckDB.
 """
 
 from __future__ import annotations
