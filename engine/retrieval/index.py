@@ -437,7 +437,7 @@ class VectorIndex:
                             index.fold(ids[start:], num_threads=-1)
                             break
                         index.fold(ids[start : start + FOLD_CHUNK], num_threads=1)
-                    except RuntimeError as exc:
+                    except Exception as exc:  # half-folded: only a rebuild is sure
                         log.warning("cannot fold the write buffer of %r into its index (%s);"
                                     " it is rebuilt from the store", user_id, exc)
                         self._loaded.pop(user_id, None)
