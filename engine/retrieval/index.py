@@ -135,9 +135,10 @@ class _UserIndex:
         self.matrix[self.rows : end] = vectors
         self.row_of.update(zip((int(i) for i in ids), range(self.rows, end), strict=True))
         self.rows = end
+        self._buffer_view = None  # it may view the matrix this replaced
 
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
-        """Insert vectors into the hnswlib graph now (building, or folding a buffer)."""
+        """Insert vectors into the hnswlib graph now (building an index)."""
         if not len(ids):
             return
         self._insert(ids, vectors, num_threads=-1)
