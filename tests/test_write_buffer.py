@@ -214,3 +214,26 @@ def test_fold_soon_never_waits_for_a_busy_index() -> None:
     index.fold_soon()
     index.wait_for_fold()
     assert not index._loaded["u"].buffered and index.size("u") == 11
+
+
+def test_a_fold_that_cannot_start_a_thread_leaves_the_write_alone(
+    make_memory: Callable[..., Memory], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = make_memory()
+    memory.add("seed fact", user_id="u")
+    memory.search("seed", user_id="u")
+    first = memory.add("a zebra crossed the road", user_id="u").fact_ids[0]
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    (second,) = memory.add("a walrus on the beach", user_id="u").fact_ids
+    assert memory.index._folding is None
+    assert set(_loaded(memory, "u").buffered) == {first, second}
+    assert memory.search("walrus beach", user_id="u", k=1)[0].id == second
+    monkeypatch.undo()
+    memory.add("a kettle on the stove", user_id="u")
+    memory.index.wait_for_fold()
+    assert first not in _loaded(memory, "u").buffered
+    assert memory.index.ids("u") == {f.id for f in memory.get_all("u")}

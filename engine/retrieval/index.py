@@ -419,8 +419,10 @@ class VectorIndex:
                 hurry = threading.Event()
                 thread = threading.Thread(target=self._fold, args=(work, hurry), daemon=True,
                                           name="memengine-index-fold")
-                self._folding = (thread, hurry)
                 thread.start()
+                self._folding = (thread, hurry)
+            except Exception as exc:  # no thread to be had: the buffers wait, the write goes on
+                log.warning("cannot start folding the write buffers (%s)", exc)
             finally:
                 self._lock.release()
 

@@ -313,6 +313,7 @@ class Store:
                     key = str(Path(self.path).resolve())
                     _OPEN_WRITERS[key] = max(0, _OPEN_WRITERS.get(key, 1) - 1)
             self._closed = True
+            self._parallel_reads()  # closing checkpoints; another Store may share the database
             self._close_readers()
             self._con.close()
 
@@ -455,9 +456,9 @@ class Store:
             unit = WriteTx(self, actor=actor, recorded=now_utc() if recorded is None
                            else recorded)
             self._write = unit
-            for on_write in self._write_listeners:
-                on_write()
             try:
+                for on_write in self._write_listeners:
+                    on_write()
                 yield unit
                 self._pending_changes.extend(unit.finish())
             finally:
@@ -885,6 +886,7 @@ class Store:
         path = Path(self.path)
         fresh = Path(self.path + REWRITE_SUFFIX)
         _remove_database_files(fresh)
+        self._parallel_reads()  # the delete's transaction left one thread for the copy
         try:
             self._con.execute("CHECKPOINT")
             name = str(self._scalar("SELECT current_database()"))
