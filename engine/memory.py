@@ -128,6 +128,7 @@ class Memory:
         self._extractor_lock = threading.Lock()
         self.store.on_rollback(self._drop_indexes)
         self.store.on_commit(self._update_indexes)
+        self.store.on_write(self.index.fold_soon)
         self._worker = BackgroundWorker(self._process)
         self._closed = False
         if process_pending and not read_only:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -146,3 +147,86 @@ def test_the_record_handed_to_the_indexes_is_what_the_store_reads_back(
         (new_id,) = tx.insert([fact], memory.embedder.embed([fact.text]))
     (change,) = seen[-1]
     assert change.facts == [memory.get(new_id)]
+
+
+def test_writes_run_on_one_duckdb_thread_and_reads_get_theirs_back(memory: Memory) -> None:
+    """A run of writes lowers DuckDB's threads once; the next read raises them again."""
+    store = memory.store
+    configured = store._threads
+    if configured is None or configured < 2:
+        pytest.skip("DuckDB runs one thread here: nothing to lower")
+
+    def threads() -> int:
+        return int(store._con.execute("SELECT current_setting('threads')").fetchone()[0])
+
+    for i in range(3):
+        memory.add(f"fact number {i} about bees", user_id="u")
+        assert threads() == 1  # left low between writes: no change back and forth
+    assert store.query("SELECT count(*) FROM facts")[0][0] == 3
+    assert threads() == configured
+    memory.add("one more fact about bees", user_id="u")
+    assert threads() == 1
+    assert [h.text for h in memory.search("one more", user_id="u", k=1)] == [
+        "one more fact about bees"]
+    assert threads() == configured
+
+
+def test_a_failing_write_listener_rolls_its_unit_back_and_later_units_run_whole(
+    memory: Memory,
+) -> None:
+    """A listener that raises as a unit starts must not leave that unit open: the next
+    write would join it and its changes would never reach the indexes."""
+    memory.add("I keep bees", user_id="u")
+    memory.search("bees", user_id="u")  # the index is loaded
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("can't start new thread")
+
+    memory.store.on_write(flaky)
+    with pytest.raises(RuntimeError):
+        memory.add("I keep goats", user_id="u")
+    assert memory.store._write is None
+    assert [f.text for f in memory.get_all("u")] == ["I keep bees"]
+    (goats,) = memory.add("I keep goats too", user_id="u").fact_ids
+    assert memory.index.ids("u") == {f.id for f in memory.get_all("u")}
+    assert memory.search("goats too", user_id="u", k=1)[0].id == goats
+
+
+def test_a_purge_copies_and_a_close_checkpoints_with_every_duckdb_thread(
+    make_memory: Callable[..., Memory], db_path: Path,
+) -> None:
+    import duckdb
+
+    memory = make_memory()
+    configured = memory.store._threads
+    if configured is None or configured < 2:
+        pytest.skip("DuckDB runs one thread here: nothing to lower")
+    memory.add(["I keep bees", "I keep goats"], user_id="u")
+    memory.add("someone else's fact", user_id="v")
+    real = memory.store._con
+    seen: list[int] = []
+
+    class Watch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql.startswith(("CHECKPOINT", "COPY FROM DATABASE")):
+                seen.append(int(real.execute(
+                    "SELECT current_setting('threads')").fetchone()[0]))
+            return real.execute(sql, *args)
+
+    memory.store._con = Watch()  # type: ignore[assignment]
+    memory.purge("u")
+    assert seen == [configured, configured]
+    # A second connection in this process shares the database, and its settings.
+    other = duckdb.connect(str(db_path))
+    try:
+        memory.add("another fact", user_id="v")
+        memory.close()
+        assert other.execute("SELECT current_setting('threads')").fetchone()[0] == configured
+    finally:
+        other.close()

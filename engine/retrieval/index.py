@@ -10,6 +10,17 @@ generation that differs from the store's (a crash between commit and save) or a
 digest that does not match (a damaged file) means the index is rebuilt from
 DuckDB; a damaged file also raises an :class:`IndexRebuiltWarning`. Nothing is
 pickled. Loaded indexes are kept in an LRU; evicted dirty ones are saved first.
+
+New vectors are not inserted into hnswlib on the ``add`` that brings them: a commit puts
+them in the user's *write buffer*, searched exactly (numpy) beside the graph, so a fact
+is searchable as soon as its unit of work commits. The buffer is folded into hnswlib
+when the next unit of work starts, in a background thread: a write's DuckDB statements
+run on one thread, so on a small machine the other core inserts into the graph
+meanwhile (:meth:`VectorIndex.fold_soon`). The unit's own changes are applied only once
+that fold is done, so a run of adds leaves no index work running between them. A buffer
+past :data:`BUFFER_LIMIT` is folded at once, and every buffer is folded before an index
+is saved, so a saved file always holds all the live vectors its sidecar lists; a crash
+loses only the in-memory state, which the generation check rebuilds from DuckDB.
 """
 
 from __future__ import annotations
@@ -35,6 +46,14 @@ __all__ = ["HnswParams", "IndexRebuiltWarning", "VectorIndex"]
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+
+BUFFER_LIMIT = 1024
+"""Vectors a user's write buffer may hold after a commit; past it they are folded into
+hnswlib at once (an exact scan of the buffer is part of every search)."""
+
+FOLD_CHUNK = 32
+"""Vectors inserted into hnswlib per hold of the index lock by a background fold, so a
+search from another thread waits for one chunk at most."""
 
 
 class IndexRebuiltWarning(UserWarning):
@@ -100,6 +119,9 @@ class _UserIndex:
         self.matrix = np.zeros((0, dim), dtype=np.float32)
         self.rows = 0
         self.row_of: dict[int, int] = {}
+        # live ids whose vectors are in ``matrix`` but not yet in the hnswlib graph
+        self.buffered: dict[int, None] = {}
+        self._buffer_view: tuple[list[int], Any] | None = None
 
     def keep_copies(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Record the vectors of ``ids`` in the numpy copy (latest row wins)."""
@@ -113,10 +135,18 @@ class _UserIndex:
         self.matrix[self.rows : end] = vectors
         self.row_of.update(zip((int(i) for i in ids), range(self.rows, end), strict=True))
         self.rows = end
+        self._buffer_view = None  # it may view the matrix this replaced
 
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Insert vectors into the hnswlib graph now (building an index)."""
         if not len(ids):
             return
+        self._insert(ids, vectors, num_threads=-1)
+        self.keep_copies(ids, vectors)
+        self.live.update(ids)
+        self.dirty = True
+
+    def _insert(self, ids: Sequence[int], vectors: np.ndarray, *, num_threads: int) -> None:
         needed = len(self.live) + len(self.deleted) + len(ids)
         capacity = self.index.get_max_elements()
         if needed > capacity:
@@ -125,43 +155,99 @@ class _UserIndex:
         for fact_id in reuse:
             self.index.unmark_deleted(fact_id)
             self.deleted.discard(fact_id)
-        self.index.add_items(vectors, list(ids), replace_deleted=False)
+        self.index.add_items(vectors, list(ids), num_threads=num_threads,
+                             replace_deleted=False)
+
+    def buffer(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Make vectors live through the write buffer (searched exactly until folded)."""
+        if not len(ids):
+            return
         self.keep_copies(ids, vectors)
-        self.live.update(ids)
+        for fact_id in ids:
+            self.buffered[int(fact_id)] = None
+        self.live.update(int(i) for i in ids)
+        self._buffer_view = None
         self.dirty = True
+
+    def fold(self, ids: Sequence[int] | None = None, *, num_threads: int = -1) -> int:
+        """Insert buffered vectors (all, or those of ``ids`` still buffered) into the
+        graph; returns how many were folded."""
+        wanted = list(self.buffered) if ids is None else [i for i in ids if i in self.buffered]
+        if not wanted:
+            return 0
+        self._insert(wanted, self.matrix[[self.row_of[i] for i in wanted]],
+                     num_threads=num_threads)
+        for fact_id in wanted:
+            del self.buffered[fact_id]
+        self._buffer_view = None
+        return len(wanted)
 
     def remove(self, ids: Sequence[int]) -> None:
         for fact_id in ids:
-            if fact_id in self.live:
+            if fact_id in self.buffered:
+                del self.buffered[fact_id]
+                self.live.discard(fact_id)
+                self._buffer_view = None
+                self.dirty = True
+            elif fact_id in self.live:
                 self.index.mark_deleted(fact_id)
                 self.live.discard(fact_id)
                 self.deleted.add(fact_id)
                 self.dirty = True
+
+    def _buffer_matrix(self) -> tuple[list[int], Any]:
+        """The buffered ids and their rows of ``matrix`` (a view when contiguous)."""
+        if self._buffer_view is None:
+            ids = list(self.buffered)
+            rows = [self.row_of[i] for i in ids]
+            if rows == list(range(rows[0], rows[0] + len(rows))):
+                block = self.matrix[rows[0] : rows[0] + len(rows)]
+            else:
+                block = self.matrix[rows]
+            self._buffer_view = (ids, block)
+        return self._buffer_view
 
     def search(self, vector: np.ndarray, k: int, ef: int | None) -> tuple[list[int], list[float]]:
         count = len(self.live)
         if count == 0 or k <= 0:
             return [], []
         k = min(k, count)
+        in_graph = count - len(self.buffered)
+        ids, sims = self._graph_search(vector, min(k, in_graph), ef) if in_graph else ([], [])
+        if not self.buffered:
+            return ids, sims
+        import numpy as np
+
+        buffered, block = self._buffer_matrix()
+        exact = block @ np.asarray(vector, np.float32).reshape(-1)
+        scores = np.concatenate([np.asarray(sims, np.float64), exact.astype(np.float64)])
+        best = np.argsort(-scores, kind="stable")[:k]
+        every = ids + buffered
+        return [every[i] for i in best], [float(scores[i]) for i in best]
+
+    def _graph_search(self, vector: np.ndarray, k: int,
+                      ef: int | None) -> tuple[list[int], list[float]]:
         self.index.set_ef(max(ef or self.params.ef_search, k))
         try:
             labels, distances = self.index.knn_query(vector, k=k)
         except RuntimeError:
             # hnswlib can fail to gather k results on tiny, heavily-deleted graphs (or
             # graphs of many equal vectors): a wider search, then the exact one.
-            self.index.set_ef(max(count, 2 * k))
+            self.index.set_ef(max(len(self.live), 2 * k))
             try:
                 labels, distances = self.index.knn_query(vector, k=k)
             except RuntimeError:
-                return self.exact(vector, k)
+                return self.exact(vector, k, graph_only=True)
         return [int(x) for x in labels[0]], [1.0 - float(d) for d in distances[0]]
 
-    def exact(self, vector: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    def exact(self, vector: np.ndarray, k: int, *,
+              graph_only: bool = False) -> tuple[list[int], list[float]]:
         """The ``k`` live vectors closest to ``vector`` by exact inner product over the
-        numpy copy (hnswlib's answer when it cannot give one)."""
+        numpy copy (hnswlib's answer when it cannot give one); ``graph_only`` leaves out
+        the buffered ones (which the caller scores itself)."""
         import numpy as np
 
-        ids = sorted(self.live)
+        ids = sorted(self.live.difference(self.buffered) if graph_only else self.live)
         sims = self.matrix[[self.row_of[i] for i in ids]] @ np.asarray(vector, np.float32)
         best = np.argsort(-sims, kind="stable")[:k]
         return [ids[i] for i in best], [float(sims[i]) for i in best]
@@ -194,6 +280,8 @@ class VectorIndex:
         self._loaded: OrderedDict[str, _UserIndex] = OrderedDict()
         self._max_loaded = max_loaded
         self._lock = threading.RLock()
+        self._fold_lock = threading.Lock()  # guards _folding only
+        self._folding: tuple[threading.Thread, threading.Event] | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -284,7 +372,9 @@ class VectorIndex:
         add_vectors: np.ndarray | None = None,
         remove_ids: Sequence[int] = (),
     ) -> None:
-        """Apply one committed store change to a user's index."""
+        """Apply one committed store change to a user's index: removals at once, new
+        vectors into the write buffer (searchable from now on)."""
+        self.wait_for_fold()
         with self._lock:
             index = self._loaded.get(user_id)
             if index is None:
@@ -298,11 +388,78 @@ class VectorIndex:
                 index.remove(remove_ids)
                 if add_ids:
                     assert add_vectors is not None
-                    index.add(add_ids, add_vectors)
+                    index.buffer(add_ids, add_vectors)
+                if len(index.buffered) > BUFFER_LIMIT:
+                    index.fold()
             except RuntimeError as exc:
                 self._loaded.pop(user_id, None)
                 raise VectorIndexError(f"cannot update the index of {user_id!r}: {exc}") from exc
             index.generation = generation
+
+    # ---- folding the write buffers -----------------------------------------------------
+
+    def fold_soon(self) -> None:
+        """Start folding every write buffer into hnswlib in a background thread.
+
+        Called when a unit of work starts: its DuckDB statements run on one thread, so the
+        fold uses a core the write leaves idle. Never blocks: when another thread holds
+        the index (a search, or a load that reads the store, whose lock the caller may
+        hold) it does nothing, and the buffers wait for a later chance.
+        """
+        with self._fold_lock:
+            if self._folding is not None and self._folding[0].is_alive():
+                return
+            if not self._lock.acquire(blocking=False):
+                return
+            try:
+                work = [(user, index, list(index.buffered))
+                        for user, index in self._loaded.items() if index.buffered]
+                if not work:
+                    return
+                hurry = threading.Event()
+                thread = threading.Thread(target=self._fold, args=(work, hurry), daemon=True,
+                                          name="memengine-index-fold")
+                thread.start()
+                self._folding = (thread, hurry)
+            except Exception as exc:  # no thread to be had: the buffers wait, the write goes on
+                log.warning("cannot start folding the write buffers (%s)", exc)
+            finally:
+                self._lock.release()
+
+    def _fold(self, work: list[tuple[str, _UserIndex, list[int]]],
+              hurry: threading.Event) -> None:
+        """The background fold: chunk by chunk on one hnswlib thread, all at once with
+        every thread when someone waits for it."""
+        for user_id, index, ids in work:
+            for start in range(0, len(ids), FOLD_CHUNK):
+                with self._lock:
+                    if self._loaded.get(user_id) is not index:
+                        break  # dropped or rebuilt meanwhile: nothing of ours to fold
+                    try:
+                        if hurry.is_set():
+                            index.fold(ids[start:], num_threads=-1)
+                            break
+                        index.fold(ids[start : start + FOLD_CHUNK], num_threads=1)
+                    except Exception as exc:  # half-folded: only a rebuild is sure
+                        log.warning("cannot fold the write buffer of %r into its index (%s);"
+                                    " it is rebuilt from the store", user_id, exc)
+                        self._loaded.pop(user_id, None)
+                        break
+
+    def wait_for_fold(self) -> None:
+        """Let a background fold finish (hurried onto every core) before going on."""
+        with self._fold_lock:
+            folding, self._folding = self._folding, None
+        if folding is not None:
+            folding[1].set()
+            folding[0].join()
+
+    def fold_all(self) -> None:
+        """Fold every write buffer into hnswlib now."""
+        self.wait_for_fold()
+        with self._lock:
+            for index in self._loaded.values():
+                index.fold()
 
     def search(
         self, user_id: str, vector: np.ndarray, k: int, *, ef: int | None = None
@@ -355,6 +512,7 @@ class VectorIndex:
         if self.directory is None:
             index.dirty = False
             return
+        index.fold()  # the file holds every live vector its sidecar lists
         data_path, meta_path = self._paths(user_id)
         tmp_data = data_path.with_suffix(".hnsw.tmp")
         index.index.save_index(str(tmp_data))
@@ -375,7 +533,8 @@ class VectorIndex:
         index.dirty = False
 
     def save(self) -> None:
-        """Write every changed index to disk."""
+        """Write every changed index to disk (their write buffers folded first)."""
+        self.wait_for_fold()
         with self._lock:
             for user_id, index in self._loaded.items():
                 if index.dirty:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -100,8 +101,11 @@ def id_list(ids: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(i)) for i in ids) + ")" if ids else "(NULL)"
 
 
+_HEX = re.compile(r"[0-9a-f]+")
+
+
 def _hex_literal(value: str) -> str:
-    if not value or any(c not in "0123456789abcdef" for c in value):
+    if _HEX.fullmatch(value) is None:
         raise ValueError(f"not a content hash: {value!r}")
     return f"'{value}'"
 
@@ -267,9 +271,11 @@ class Store:
         self._pending_generations: dict[str, int] = {}
         self._rollback_listeners: list[Callable[[set[str]], None]] = []
         self._commit_listeners: list[Callable[[list[IndexChange]], None]] = []
+        self._write_listeners: list[Callable[[], None]] = []
         self._pending_changes: list[IndexChange] = []
         self._write: WriteTx | None = None
         self._threads: int | None = None
+        self._lowered = False  # threads set to 1 by a write and not yet given back
         if not read_only:
             self._configure()
         self._migrate(embedder_identity, dim, read_only)
@@ -294,6 +300,7 @@ class Store:
         # instead of 11.8 s (hashing embedder, batches of 1,000); close still checkpoints.
         self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._threads = int(self._scalar("SELECT current_setting('threads')"))
+        self._lowered = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -306,6 +313,7 @@ class Store:
                     key = str(Path(self.path).resolve())
                     _OPEN_WRITERS[key] = max(0, _OPEN_WRITERS.get(key, 1) - 1)
             self._closed = True
+            self._parallel_reads()  # closing checkpoints; another Store may share the database
             self._close_readers()
             self._con.close()
 
@@ -409,22 +417,29 @@ class Store:
 
     @contextmanager
     def _one_thread(self) -> Iterator[None]:
-        """Run a transaction on one DuckDB thread, then give reads their threads back.
+        """Run a transaction on one DuckDB thread; reads get their threads back lazily.
 
         A write's statements touch a few hundred rows: waking DuckDB's worker threads for
         them costs more than they save, and on a busy machine (the embedder and other
         processes on the same cores) an ``add`` of 100 facts ran about 20% faster with one
-        thread (``benchmarks/results/write_path.json`` measures the write path).
+        thread (``benchmarks/results/write_path.json`` measures the write path). Setting
+        the thread count stops or starts DuckDB's workers, which costs a few milliseconds
+        each way, so the count stays at one after the write and is raised again only when
+        a read runs on the main connection (:meth:`_parallel_reads`): a run of writes with
+        no read between them pays for one change, not two per write.
         """
+        if self._threads is not None and self._threads > 1 and not self._lowered:
+            self._con.execute("SET threads = 1")
+            self._lowered = True
+        yield
+
+    def _parallel_reads(self) -> None:
+        """Give reads DuckDB's configured threads back after writes lowered them (call with
+        the main connection held and no transaction open)."""
         import duckdb
 
-        if self._threads is None:
-            yield
-            return
-        self._con.execute("SET threads = 1")
-        try:
-            yield
-        finally:
+        if self._lowered and not self._in_transaction:
+            self._lowered = False
             with contextlib.suppress(duckdb.Error):
                 self._con.execute(f"SET threads = {self._threads}")
 
@@ -442,6 +457,8 @@ class Store:
                            else recorded)
             self._write = unit
             try:
+                for on_write in self._write_listeners:
+                    on_write()
                 yield unit
                 self._pending_changes.extend(unit.finish())
             finally:
@@ -467,6 +484,12 @@ class Store:
         users' current facts commits (to bring the in-memory indexes up to date)."""
         self._commit_listeners.append(listener)
 
+    def on_write(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when a unit of work begins, inside its transaction (the
+        vector index folds its write buffer meanwhile). It must not block: this thread
+        holds the store."""
+        self._write_listeners.append(listener)
+
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query and return all rows.
 
@@ -475,6 +498,7 @@ class Store:
         """
         if self._lock.acquire(blocking=False):
             try:
+                self._parallel_reads()
                 return self._con.execute(sql, params or []).fetchall()
             finally:
                 self._lock.release()
@@ -734,6 +758,7 @@ class Store:
         import numpy as np
 
         with self._lock:
+            self._parallel_reads()
             table = self._con.execute(
                 f"SELECT id, embedding FROM facts WHERE id IN {id_list(fact_ids)}",
             ).to_arrow_table()
@@ -744,6 +769,7 @@ class Store:
         import numpy as np
 
         with self._lock:
+            self._parallel_reads()
             table = self._con.execute(
                 f"SELECT id, embedding FROM facts WHERE user_id = ? AND {CURRENT} ORDER BY id",
                 [user_id],
@@ -860,6 +886,7 @@ class Store:
         path = Path(self.path)
         fresh = Path(self.path + REWRITE_SUFFIX)
         _remove_database_files(fresh)
+        self._parallel_reads()  # the delete's transaction left one thread for the copy
         try:
             self._con.execute("CHECKPOINT")
             name = str(self._scalar("SELECT current_database()"))
