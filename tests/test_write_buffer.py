@@ -237,3 +237,27 @@ def test_a_fold_that_cannot_start_a_thread_leaves_the_write_alone(
     memory.index.wait_for_fold()
     assert first not in _loaded(memory, "u").buffered
     assert memory.index.ids("u") == {f.id for f in memory.get_all("u")}
+
+
+def test_a_fold_that_fails_while_saving_leaves_no_file_and_the_index_is_rebuilt(
+    make_memory: Callable[..., Memory], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    memory = make_memory()
+    memory.add([f"old fact {i} about a bicycle" for i in range(20)], user_id="u")
+    memory.search("bicycle", user_id="u")
+    buffered = memory.add("a walrus on the beach", user_id="u").fact_ids[0]
+    memory.index.wait_for_fold()
+    assert list(_loaded(memory, "u").buffered) == [buffered]
+
+    def failing_fold(self: _UserIndex, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("hnswlib could not grow the graph")  # say, out of memory
+
+    monkeypatch.setattr(_UserIndex, "fold", failing_fold)
+    memory.index.save()  # logs the failure, drops the half-folded index, saves nothing
+    assert "u" not in memory.index._loaded
+    monkeypatch.undo()
+    assert memory.search("walrus beach", user_id="u", k=1)[0].id == buffered  # rebuilt
+    memory.close()
+    reopened = make_memory()
+    assert reopened.search("walrus beach", user_id="u", k=1)[0].id == buffered
+    assert reopened.index.ids("u") == {f.id for f in reopened.get_all("u")}

@@ -512,7 +512,14 @@ class VectorIndex:
         if self.directory is None:
             index.dirty = False
             return
-        index.fold()  # the file holds every live vector its sidecar lists
+        try:
+            index.fold()  # the file holds every live vector its sidecar lists
+        except Exception as exc:  # half-folded: only a rebuild is sure; the file stays stale
+            log.warning("cannot fold the write buffer of %r into its index (%s); it is "
+                        "rebuilt from the store", user_id, exc)
+            if self._loaded.get(user_id) is index:
+                self._loaded.pop(user_id)
+            return
         data_path, meta_path = self._paths(user_id)
         tmp_data = data_path.with_suffix(".hnsw.tmp")
         index.index.save_index(str(tmp_data))
@@ -536,6 +543,6 @@ class VectorIndex:
         """Write every changed index to disk (their write buffers folded first)."""
         self.wait_for_fold()
         with self._lock:
-            for user_id, index in self._loaded.items():
+            for user_id, index in list(self._loaded.items()):
                 if index.dirty:
                     self._save_one(user_id, index)
