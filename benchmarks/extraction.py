@@ -289,6 +289,18 @@ def _baseline_checkout(rev: str) -> Path:
     return where
 
 
+def _report(name: str, summary: dict[str, Any]) -> None:
+    print(f"   {name}: {json.dumps(summary.get('checks'))} "
+          f"turn {json.dumps(summary.get('turn_s'))}", flush=True)
+
+
+def _turn_ratio(top: dict[str, Any] | None, bottom: dict[str, Any] | None) -> float | None:
+    """Median turn time of ``top`` over that of ``bottom`` (two runs of the same scenarios)."""
+    top_s = (top or {}).get("turn_s", {}).get("median")
+    bottom_s = (bottom or {}).get("turn_s", {}).get("median")
+    return round(top_s / bottom_s, 3) if top_s and bottom_s else None
+
+
 def _run_model(model: str, args: argparse.Namespace, parts: set[str], cases: list[Any],
                by_id: dict[str, Any], matcher: Matcher | None, baseline: Path | None,
                work: Path) -> dict[str, Any]:
@@ -314,26 +326,21 @@ def _run_model(model: str, args: argparse.Namespace, parts: set[str], cases: lis
         row["cold_first_add_s"] = cold.get("first_add_s")
         row["scenarios"] = _scenarios(ROOT, model, work / f"new-{model}.json", args, kv,
                                       args.limit)
-        print(f"   scenarios: {json.dumps(row['scenarios'].get('checks'))} "
-              f"turn {json.dumps(row['scenarios'].get('turn_s'))}", flush=True)
+        _report("scenarios", row["scenarios"])
     if "draft" in parts:
         row["draft"] = _scenarios(ROOT, model, work / f"draft-{model}.json", args, kv,
                                   args.limit, {"MEMENGINE_LM_DRAFT": "8"})
-        print(f"   drafting: {json.dumps(row['draft'].get('checks'))} "
-              f"turn {json.dumps(row['draft'].get('turn_s'))}", flush=True)
-        new_s = (row.get("scenarios") or {}).get("turn_s", {}).get("median")
-        on_s = row["draft"].get("turn_s", {}).get("median")
-        if new_s and on_s:
-            row["turn_median_ratio_draft_over_default"] = round(on_s / new_s, 3)
+        _report("drafting", row["draft"])
+        ratio = _turn_ratio(row["draft"], row.get("scenarios"))
+        if ratio:
+            row["turn_median_ratio_draft_over_default"] = ratio
     if "baseline" in parts and baseline is not None:
         row["baseline"] = _scenarios(baseline, model, work / f"baseline-{model}.json", args,
                                      str(work / f"kv-baseline-{model}"), args.limit)
-        print(f"   baseline: {json.dumps(row['baseline'].get('checks'))} "
-              f"turn {json.dumps(row['baseline'].get('turn_s'))}", flush=True)
-        new_s = (row.get("scenarios") or {}).get("turn_s", {}).get("median")
-        old_s = row["baseline"].get("turn_s", {}).get("median")
-        if new_s and old_s:
-            row["turn_median_ratio_new_over_baseline"] = round(new_s / old_s, 3)
+        _report("baseline", row["baseline"])
+        ratio = _turn_ratio(row.get("scenarios"), row["baseline"])
+        if ratio:
+            row["turn_median_ratio_new_over_baseline"] = ratio
     return row
 
 
