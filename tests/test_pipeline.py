@@ -476,3 +476,23 @@ def test_a_conversation_stores_facts_from_the_user_turns_only(make_memory) -> No
     memory.add({"role": "assistant", "content": ASSISTANT_GUESS}, user_id="maria")
     assert len(extractor.extract_calls) == calls  # no user turn: no extraction at all
     assert [f.text for f in memory.get_all("maria")] == ["User loves cooking"]
+
+
+def test_a_name_the_model_gives_the_user_that_is_someone_elses_goes_to_them(make_memory) -> None:  # type: ignore[no-untyped-def]
+    # a small model reads "Hugo is 11" as the speaker's name and age
+    extractor = ScriptedExtractor(
+        {"a": [fact("User's son Hugo is 10 years old", "age", "10", about="son Hugo"),
+               fact("User's son Hugo does judo", "hobbies", "judo", about="son Hugo")],
+         "b": [fact("User's name is Hugo", "name", "Hugo"),
+               fact("User is 11 years old", "age", "11")],
+         "c": [fact("User's name is Maria", "name", "Maria")]})
+    memory = make_memory(extractor=extractor, infer=True)
+    memory.add("a", user_id="u", observed_at=DAY1)
+    result = memory.add("b", user_id="u", observed_at=DAY30)
+    assert [(e.kind, e.new_text, e.old_text) for e in result.events] == [
+        ("SUPERSEDE", "User's son Hugo is 11 years old", "User's son Hugo is 10 years old")]
+    (age,) = [f for f in memory.get_all("u") if f.slot == "age"]
+    assert (age.subject, age.value) == ("son Hugo", "11")
+    # the user's own name, when nobody the user talks about has it, is kept
+    assert [e.kind for e in memory.add("c", user_id="u", observed_at=DAY30).events] == ["ADD"]
+    assert "User's name is Maria" in {f.text for f in memory.get_all("u")}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -116,7 +117,8 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     ],
     'where does the user live?': [
         ('User lives in Lisbon', 2.308875, 1, 1, [], False, 0.3, None, None, 0.0),
-        ("User's sister Ana lives in Berlin since last May", 1.402776, 17, 2, [], False, 0.3,
+        # no slot signal since it goes only to whom the question asks about (the user)
+        ("User's sister Ana lives in Berlin since last May", 1.102776, 17, 2, [], False, 0.0,
          None, None, 0.0),
         ('User drinks green tea', 0.920638, 5, 3, [], False, 0.0, None, None, 0.0),
         ('Inventory 43: invoice, pepper, concert', 0.870102, 2, None, [], False, 0.0,
@@ -221,6 +223,8 @@ def store(make_memory: Callable[..., Memory]) -> Memory:
     memory = make_memory(embedder=TieFreeEmbedder(), extractor=ScriptedExtractor(SCRIPTED),
                          infer=True)
     build(memory)
+    # the weights the expected rows were computed with (the slot weight has grown since)
+    memory.searcher.weights = replace(memory.searcher.weights, slot=0.3)
     return memory
 
 

@@ -276,4 +276,23 @@ def test_search_favours_facts_filed_under_the_slot_the_question_names(memory: Me
             assert signals["side projects"]["contribution"] == 0.0
         memory.searcher.weights = weights
         boost = {v: scores[weights.slot][v] - scores[0.0][v] for v in scores[0.0]}
-        assert boost == pytest.approx({"Mercadona": 0.3, "side projects": 0.0})
+        assert boost == pytest.approx({"Mercadona": weights.slot, "side projects": 0.0})
+
+
+def test_the_slot_signal_goes_to_the_person_the_question_asks_about(memory: Memory) -> None:
+    memory._apply([decision(memory, "User works at Mercadona", subject="user", slot="job",
+                            value="Mercadona"),
+                   decision(memory, "User's sister Lucía is a lawyer in Zaragoza",
+                            subject="sister Lucía", slot="job", value="lawyer")],
+                  actor="test")
+    asked = {"what does the user's sister Lucía do for work?": "lawyer",
+             "where does Lucía work?": "lawyer",
+             "what does the user's sister do for work?": "lawyer",
+             "where does the user work?": "Mercadona"}
+    for as_of in (None, "2026-06-10"):  # the lexical index's path and the SQL path
+        for query, value in asked.items():
+            hits = memory.search(query, user_id="maria", as_of=as_of, explain=True)
+            boosted = {h.value for h in hits
+                       if h.explain["slot"]["contribution"] > 0}  # type: ignore[index]
+            assert boosted == {value}, (query, as_of)
+            assert hits[0].value == value, (query, as_of)

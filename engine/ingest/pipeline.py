@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -195,13 +195,58 @@ def decide(
         facts = [f for f in facts if f not in theirs]
         if not facts:
             continue
-        vectors = embedder.embed([f.text for f in facts])
         slotted = [_stored(f) for f in store.current_slotted(last.user_id, last.agent_id)]
+        facts = _named_for_someone_else(facts, slotted)
+        if not facts:
+            continue
+        vectors = embedder.embed([f.text for f in facts])
         start = len(decisions)
         for fact, vector in zip(facts, vectors, strict=True):
             decisions.append(_decide_one(fact, vector, slotted, last, decisions[start:],
                                          start, store, index))
     return decisions
+
+
+def _named_for_someone_else(facts: list[ExtractedFact],
+                             slotted: list[_Stored]) -> list[ExtractedFact]:
+    """The facts of one message, less a "name" the model gave the user that is the name
+    of a person the user talks about ("User's name is Hugo" from "Hugo is 11 now", with
+    "son Hugo" known): a small model reads a sentence about someone by name as being
+    about the speaker. The message's other facts about "the user" are then about that
+    person, and are given to them ("User is 11 years old" -> "User's son Hugo is 11 years
+    old"), when exactly one person has the name."""
+    people = {normalise_subject(f.about) for f in facts} | {s.subject or "user" for s in slotted}
+    people.discard("user")
+    kept: list[ExtractedFact] = []
+    someone: set[str] = set()
+    for fact in facts:
+        named = [p for p in people if _names_of(p) & _names_of(fact.value or "")]
+        if (normalise_attribute(fact.slot or "") == "name" and named
+                and normalise_subject(fact.about) == "user"):
+            log.info("dropped %r: %r is %s, not the user", fact.text, fact.value, named[0])
+            someone.update(named)
+            continue
+        kept.append(fact)
+    if len(someone) != 1:
+        return kept
+    (person,) = someone
+    return [_about(fact, person) if normalise_subject(fact.about) == "user" else fact
+            for fact in kept]
+
+
+def _names_of(text: str) -> set[str]:
+    """The capitalised words of ``text``, case-folded: the names in a subject or value."""
+    return {w.casefold() for w in text.split() if w[:1].isupper()}
+
+
+def _about(fact: ExtractedFact, person: str) -> ExtractedFact:
+    """``fact`` (written about "User") given to ``person``, its sentence saying so."""
+    text = fact.text.strip()
+    if text.startswith("User's "):
+        text = f"User's {person}'s {text[len('User' + chr(39) + 's '):]}"
+    elif text.startswith("User "):
+        text = f"User's {person} {text[len('User '):]}"
+    return replace(fact, text=text, about=person)
 
 
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")

@@ -480,6 +480,12 @@ class LexicalScores:
             return np.zeros(len(slots), dtype=bool)
         return np.logical_or.reduce(np.isin(self._lexicon.name_codes[slots], codes), axis=1)
 
+    def subjects_at(self, slots: np.ndarray) -> list[str | None]:
+        """The subject of each slot's fact (None for a fact without one)."""
+        documents = self._lexicon.documents
+        return [None if (fact := documents[int(s)].fact) is None else fact.subject
+                for s in slots]
+
     def slotted_at(self, slots: np.ndarray, wanted: Iterable[str]) -> np.ndarray:
         """Whether each slot's fact is filed under one of the ``wanted`` slot names."""
         import numpy as np

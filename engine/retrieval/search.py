@@ -38,6 +38,7 @@ from engine.retrieval.fusion import (
     FusionWeights,
     QueryFeatures,
     Signals,
+    about_asked,
     fuse,
     query_features,
     score,
@@ -341,7 +342,8 @@ class Searcher:
             timely=lexical.timely_at(slots) if features.asks_when and weights.time > 0
             else np.zeros(n, dtype=bool),
             neighbours=neighbours,
-            slotted=lexical.slotted_at(slots, features.slots)
+            slotted=about_asked(lexical.subjects_at(slots), features.words,
+                                lexical.slotted_at(slots, features.slots))
             if features.slots and weights.slot else np.zeros(n, dtype=bool),
         )
         scored = score(signals, weights)
@@ -363,6 +365,7 @@ class Searcher:
                                                                                 fact.id),
                     expanded_from=(int(ids[expanded_from[row - retrieved]])
                                    if row >= retrieved else None), slot=fact.slot,
+                    subject=fact.subject,
                     base=float(scored.base[row]), score=float(scored.score[row]))
                 candidate.parts = scored.parts(row, signals, features, candidate)
                 explain = self._explain(request, fact, candidate, "hybrid")
@@ -458,6 +461,7 @@ class Searcher:
                 valid_from=fact.valid_from, similarity=float(row[-1]),
                 bm25=lexical.get(fact.id), vector_rank=vec_rank.get(fact.id),
                 lexical_rank=lex_rank.get(fact.id), slot=fact.slot,
+                subject=fact.subject,
             ))
         return pool
 
@@ -493,6 +497,7 @@ class Searcher:
                     fact_id=fact.id, text=fact.text, metadata=fact.metadata,
                     valid_from=fact.valid_from, similarity=float(row[-1]),
                     bm25=lexical.get(fact.id), expanded_from=-1, slot=fact.slot,
+                    subject=fact.subject,
                 ))
                 sources.setdefault(fact.source_message_id, fact)  # type: ignore[arg-type]
         for fact, candidate in pool.values():
