@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
