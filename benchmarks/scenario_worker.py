@@ -146,10 +146,34 @@ def _slot_of(memory: Any, fact_id: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------- the core loop
 
 
+_FACT_FIELDS = ("text", "about", "slot", "value", "category", "valid_from", "valid_to")
+
+
+def record_extractions(extractor: Any) -> list[dict[str, Any]]:
+    """Make ``extractor`` note what each of its calls returned, in the list returned
+    (cleared by :func:`run_scenarios` before each turn), so that
+    ``python -m benchmarks.scenarios replay`` can run the same facts through other rules
+    without the LM."""
+    noted: list[dict[str, Any]] = []
+    extract = extractor.extract
+
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        facts = extract(*args, **kwargs)
+        for fact in facts:
+            noted.append({key: (value.isoformat() if isinstance(value, datetime) else value)
+                          for key in _FACT_FIELDS
+                          if (value := getattr(fact, key, None)) is not None})
+        return facts
+
+    extractor.extract = noting
+    return noted
+
+
 def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: Any = None,
                   raw: bool = False, budget_s: float | None = None, k: int = 10,
                   user_prefix: str = "scn", started: float | None = None,
-                  clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+                  clock: Callable[[], float] = time.perf_counter,
+                  extracted: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Add each scenario's turns to ``memory`` and run its checks; raw outcomes.
 
     Returns ``{"scenarios": [...], "not_run": [ids], "timed_out": bool,
@@ -157,9 +181,10 @@ def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: An
     complete, error, wall_s, n_checks, check_kinds, turns: [{index, at, observed_at, chars,
     wall_s, calls, prompt_tokens, reused_tokens, completion_tokens, events: [{kind, text,
     old_text}], error}], checks: [{index, query, as_of, expect, expect_not, passed, top, top_k,
-    rank, search_s, error}]``. ``rank`` is the 1-based position of the first hit that
-    passes the check (None: none of the ``k``). Statistics are None when the
-    extractor exposes no ``engine.stats``.
+    rank, search_s, error}]``, and each turn ``extracted`` (what the extractor returned)
+    when ``extracted`` is the list of :func:`record_extractions`. ``rank`` is the 1-based
+    position of the first hit that passes the check (None: none of the ``k``). Statistics
+    are None when the extractor exposes no ``engine.stats``.
     """
     started = clock() if started is None else started
     stats = _stats_of(extractor)
@@ -194,6 +219,8 @@ def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: An
                 if turn.get("role", "user") != "user":
                     content = {"role": turn["role"], "content": turn["content"]}
                 before = _snapshot(stats)
+                if extracted is not None:
+                    extracted.clear()
                 t0 = clock()
                 error = None
                 result = None
@@ -210,7 +237,9 @@ def run_scenarios(scenarios: list[dict[str, Any]], memory: Any, *, extractor: An
                 rec["turns"].append({"index": i, "at": turn["at"], "observed_at": when.isoformat(),
                                      "chars": len(turn["content"]), "wall_s": wall,
                                      **_delta(before, _snapshot(stats)),
-                                     "events": _events(result, memory), "error": error})
+                                     "events": _events(result, memory), "error": error,
+                                     **({} if extracted is None
+                                        else {"extracted": list(extracted)})})
             for i, check in enumerate(scenario["checks"]):
                 rec["checks"].append(_run_check(memory, user, i, check, k, clock))
             rec["complete"] = True
@@ -350,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             embedder.embed_query("warm up")
             result["embedder_warm_s"] = time.perf_counter() - t0
         budget = None if args.budget_s is None else args.budget_s - (time.perf_counter() - started)
+        noted = None if extractor is None else record_extractions(extractor)
         result.update(run_scenarios(scenarios, memory, extractor=extractor, raw=args.raw,
-                                    budget_s=budget, k=args.k))
+                                    budget_s=budget, k=args.k, extracted=noted))
     except Exception as exc:  # set-up failed: still write what we know
         result["error"] = f"{type(exc).__name__}: {exc}"[:1000]
         result["traceback"] = traceback.format_exc()[-4000:]

@@ -12,11 +12,13 @@ Run one engine checkout and model per subprocess, then summarise::
     python -m benchmarks.scenarios run --engine-path . --models qwen2.5-coder-0.5b \
         [--split test] [--limit N] [--budget-s S] [--kv-dir DIR] [--raw] [--out-dir D]
     python -m benchmarks.scenarios summarise result.json [more.json ...]
+    python -m benchmarks.scenarios replay result.json [--engine-path .]
 
 ``run`` starts ``benchmarks/scenario_worker.py`` (which uses only the public API shared
 by old and new engine versions) per model and writes ``scenarios-<label>.json`` (raw)
 plus a summary; ``summarise`` prints :func:`summarise` of raw result files as JSON and a
-Markdown table.
+Markdown table; ``replay`` gives the facts a run extracted to another engine's rules and
+search without the LM (:mod:`benchmarks.scenario_replay`) and lists the checks that changed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data" / "scenarios.jsonl"
 WORKER = Path(__file__).resolve().parent / "scenario_worker.py"
+REPLAY = Path(__file__).resolve().parent / "scenario_replay.py"
 SPLITS = ("train", "val", "test")
 LANGS = ("en", "pt", "es", "de", "fr")
 TAGS = ("implicit", "explicit", "move", "employer", "routine", "version", "phone", "people",
@@ -255,6 +258,38 @@ def worker_command(engine_path: str, out: Path, *, model: str | None = None,
     return cmd + (["--raw"] if raw else [])
 
 
+def changed_checks(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checks that pass in one raw result and fail in the other (same scenarios)."""
+    passed = {(sc["id"], c["index"]): c for sc in after.get("scenarios", [])
+              for c in sc.get("checks", [])}
+    out = []
+    for sc in before.get("scenarios", []):
+        for c in sc.get("checks", []):
+            now = passed.get((sc["id"], c["index"]))
+            if now is not None and bool(now.get("passed")) != bool(c.get("passed")):
+                out.append({"id": sc["id"], "query": c["query"], "as_of": c.get("as_of"),
+                            "now": "passes" if now.get("passed") else "fails",
+                            "top": now.get("top")})
+    return out
+
+
+def _replay(raw_path: Path, engine_path: str, out: Path | None) -> int:
+    out = out or raw_path.with_name(raw_path.stem + "-replay.json")
+    cmd = [sys.executable, str(REPLAY), "--engine-path", engine_path, "--raw", str(raw_path),
+           "--out", str(out)]
+    print("$", " ".join(cmd), file=sys.stderr)
+    if subprocess.run(cmd, check=False).returncode != 0:
+        return 1
+    before, after = json.loads(raw_path.read_text()), json.loads(out.read_text())
+    if not after.get("noted"):
+        print("note: this run did not note what the extractor returned; its facts were read "
+              "back from its events, which is close but not exact", file=sys.stderr)
+    summaries = [summarise({**before, "label": "run"}), summarise({**after, "label": "replay"})]
+    print(markdown(summaries))
+    print(json.dumps(changed_checks(before, after), indent=1, ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scenarios")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,11 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--label", default=None, help="prefix of the output names")
     run.add_argument("--out-dir", type=Path,
                      default=Path(__file__).resolve().parent / "results")
+    rep = sub.add_parser("replay", help="the facts a run extracted through another engine's "
+                         "rules and search, without the LM (benchmarks/scenario_replay.py)")
+    rep.add_argument("raw", type=Path, help="a raw result file of `run`")
+    rep.add_argument("--engine-path", default=".")
+    rep.add_argument("--out", type=Path, default=None,
+                     help="where the replay's raw result goes (default: beside RAW)")
     summ = sub.add_parser("summarise", help="summarise raw result files")
     summ.add_argument("files", nargs="+", type=Path)
     summ.add_argument("--failures", action="store_true", help="also list failed checks")
     args = parser.parse_args(argv)
 
+    if args.command == "replay":
+        return _replay(args.raw, args.engine_path, args.out)
     if args.command == "summarise":
         raws = [json.loads(p.read_text()) for p in args.files]
         summaries = [summarise(r) for r in raws]

@@ -295,3 +295,63 @@ def test_worker_cli_raw(tmp_path: Path) -> None:
     assert len(raw["scenarios"]) == 2 and raw["peak_rss_mb"] > 0
     assert raw["engine_file"].startswith(str(ROOT))
     assert summarise(raw)["checks"]["total"] == sum(len(s["checks"]) for s in raw["scenarios"])
+
+
+def test_a_run_notes_what_was_extracted_and_replays_it_without_the_lm(
+        tmp_path: Path, scenarios: list[dict[str, Any]]) -> None:
+    from benchmarks import scenario_replay
+    from benchmarks.scenarios import changed_checks
+    from engine.extract import ExtractedFact
+    from engine.extract.scripted import ScriptedExtractor
+
+    (chosen,) = [s for s in scenarios if s["id"] == "move-implicit-01"]
+    first, moved = (t["content"] for t in chosen["turns"])
+    extractor = ScriptedExtractor({
+        first: [ExtractedFact("User lives in Lisbon", slot="home city", value="Lisbon")],
+        moved: [ExtractedFact("User lives in Porto", slot="home city", value="Porto")]})
+    with Memory(tmp_path / "m.duckdb", embedder=HashingEmbedder(64),
+                extractor=extractor) as memory:
+        noted = worker.record_extractions(extractor)
+        out = worker.run_scenarios([chosen], memory, extractor=extractor, extracted=noted)
+    turns = out["scenarios"][0]["turns"]
+    assert [t["extracted"] for t in turns] == [
+        [{"text": "User lives in Lisbon", "about": "user", "slot": "home city",
+          "value": "Lisbon"}],
+        [{"text": "User lives in Porto", "about": "user", "slot": "home city",
+          "value": "Porto"}]]
+    assert all(c["passed"] for c in out["scenarios"][0]["checks"])
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({**out, "model": "scripted", "split": "val"}))
+
+    replayed = tmp_path / "replay.json"
+    assert scenario_replay.main(["--engine-path", str(ROOT), "--raw", str(raw), "--out",
+                                 str(replayed), "--embedder", "hashing"]) == 0
+    again = json.loads(replayed.read_text())
+    assert again["noted"] is True and again["mode"] == "replay"
+    assert changed_checks(out, again) == []
+    assert [c["top"] for c in again["scenarios"][0]["checks"]] == [
+        c["top"] for c in out["scenarios"][0]["checks"]]
+
+    # the same run as if the model had missed the move: Lisbon stays current
+    turns[1]["extracted"] = []
+    raw.write_text(json.dumps({**out, "model": "scripted", "split": "val"}))
+    assert scenario_replay.main(["--engine-path", str(ROOT), "--raw", str(raw), "--out",
+                                 str(replayed), "--embedder", "hashing"]) == 0
+    changed = changed_checks(out, json.loads(replayed.read_text()))
+    assert changed and {c["now"] for c in changed} == {"fails"}
+
+
+def test_a_run_without_noted_facts_is_read_back_from_its_events() -> None:
+    from benchmarks.scenario_replay import scripted_turns
+
+    turn = {"index": 0, "observed_at": "2026-03-01T12:00:00", "events": [
+        {"kind": "ADD", "text": "User lives in Porto", "subject": "user", "slot": "home city",
+         "value": "Porto", "valid_from": "2026-03-01 12:00:00+00:00", "valid_to": "None"},
+        {"kind": "ADD", "text": "User lived in Berlin in 2019", "subject": "user",
+         "slot": "home city", "value": "Berlin", "valid_from": "2019-01-01 00:00:00+00:00",
+         "valid_to": "2020-01-01 00:00:00+00:00"}]}
+    script, noted = scripted_turns({"scenarios": [{"id": "s", "turns": [turn]}]})
+    assert noted is False
+    porto, berlin = script[("s", 0)]
+    assert porto["valid_from"] is None and porto["valid_to"] is None  # from when it was said
+    assert (berlin["valid_from"].year, berlin["valid_to"].year) == (2019, 2020)
