@@ -28,6 +28,7 @@ __all__ = [
     "Slot",
     "category_of",
     "is_multi_valued",
+    "names_in",
     "normalise_attribute",
     "normalise_subject",
     "normalise_value",
@@ -151,6 +152,11 @@ def normalise_subject(subject: str, user_names: set[str] = frozenset()) -> str: 
     return " ".join(kept) or "user"
 
 
+def names_in(text: str) -> set[str]:
+    """The capitalised words of ``text``, case-folded: the names in a subject or value."""
+    return {w.casefold() for w in text.split() if w[:1].isupper()}
+
+
 def same_subject(a: str, b: str) -> bool:
     """Whether two normalised subjects are the same person.
 
@@ -161,8 +167,7 @@ def same_subject(a: str, b: str) -> bool:
         return True
     if a == "user" or b == "user":
         return False
-    names_a = {w.casefold() for w in a.split() if w[:1].isupper()}
-    names_b = {w.casefold() for w in b.split() if w[:1].isupper()}
+    names_a, names_b = names_in(a), names_in(b)
     if names_a and names_b:
         return bool(names_a & names_b)
     return bool(set(_words(a)) & set(_words(b)))

@@ -49,6 +49,7 @@ from engine.extract.grounding import borrowed, context_said, user_said
 from engine.extract.salience import worth_extracting
 from engine.extract.slots import (
     is_multi_valued,
+    names_in,
     normalise_attribute,
     normalise_subject,
     normalise_value,
@@ -220,7 +221,7 @@ def _named_for_someone_else(facts: list[ExtractedFact],
     kept: list[ExtractedFact] = []
     someone: set[str] = set()
     for fact in facts:
-        named = [p for p in people if _names_of(p) & _names_of(fact.value or "")]
+        named = [p for p in people if names_in(p) & names_in(fact.value or "")]
         if (normalise_attribute(fact.slot or "") == "name" and named
                 and normalise_subject(fact.about) == "user"):
             log.info("dropped %r: %r is %s, not the user", fact.text, fact.value, named[0])
@@ -234,18 +235,13 @@ def _named_for_someone_else(facts: list[ExtractedFact],
             for fact in kept]
 
 
-def _names_of(text: str) -> set[str]:
-    """The capitalised words of ``text``, case-folded: the names in a subject or value."""
-    return {w.casefold() for w in text.split() if w[:1].isupper()}
-
-
 def _about(fact: ExtractedFact, person: str) -> ExtractedFact:
     """``fact`` (written about "User") given to ``person``, its sentence saying so."""
     text = fact.text.strip()
-    if text.startswith("User's "):
-        text = f"User's {person}'s {text[len('User' + chr(39) + 's '):]}"
-    elif text.startswith("User "):
-        text = f"User's {person} {text[len('User '):]}"
+    for prefix, own in (("User's ", "'s"), ("User ", "")):
+        if text.startswith(prefix):
+            text = f"User's {person}{own} {text.removeprefix(prefix)}"
+            break
     return replace(fact, text=text, about=person)
 
 

@@ -342,8 +342,7 @@ class Searcher:
             timely=lexical.timely_at(slots) if features.asks_when and weights.time > 0
             else np.zeros(n, dtype=bool),
             neighbours=neighbours,
-            slotted=about_asked(lexical.subjects_at(slots), features.words,
-                                lexical.slotted_at(slots, features.slots))
+            slotted=self._slotted(lexical, slots, features)
             if features.slots and weights.slot else np.zeros(n, dtype=bool),
         )
         scored = score(signals, weights)
@@ -373,6 +372,17 @@ class Searcher:
             if len(hits) == request.k:
                 break
         return hits
+
+
+    @staticmethod
+    def _slotted(lexical: LexicalScores, slots: np.ndarray,
+                 features: QueryFeatures) -> np.ndarray:
+        """The slot signal of the pool's rows; subjects are read only when a row is filed
+        under an asked slot (most pools have none)."""
+        slotted = lexical.slotted_at(slots, features.slots)
+        if not slotted.any():
+            return slotted
+        return about_asked(lexical.subjects_at(slots), features.words, slotted)
 
     def _indexed_facts(
         self, request: SearchRequest, lexical: LexicalScores, ids: Sequence[int]
